@@ -1,0 +1,105 @@
+"""Console entry points. Each verb is a thin layer over one library function.
+
+User errors (:class:`NuwaError`) print one line ``<prog>: error: ...`` and exit 1; internal
+bugs keep their traceback. Heavy imports (torch, transformers) happen after parsing, so
+``--help`` is fast and works anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from nuwa_export import __version__
+from nuwa_export.errors import NuwaError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 1, like every other user error."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        raise NuwaError(message)
+
+
+def _guard(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+    try:
+        return main(argv)
+    except NuwaError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def add_budget_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pruning budgets (NUWA_SPEC §1)")
+    g.add_argument("--keep", type=int, help="average vision tokens per LLM layer (default: 64 of 576, same fraction elsewhere)")
+    g.add_argument("--stage-one-keep", type=int, metavar="K1", help="tokens kept after the vision tower (default 7·keep/4)")
+    g.add_argument("--stage-two-keep", type=int, metavar="K2", help="tokens kept from the stage-two layer on (default keep/4)")
+    g.add_argument("--stage-two-layer", type=int, metavar="L", help="first LLM layer that sees only K2 tokens (default N/2)")
+    g.add_argument("--no-prune", action="store_true", help="keep every patch in every layer (plain LLaVA)")
+    g.add_argument("--per-region", type=int, metavar="N", help="stage-one slots per 2x2 region (default min(4, ceil(K1/regions)))")
+    g.add_argument("--distance", type=float, default=280.0, help="swarm distance (reach sqrt(distance) patches; default 280)")
+    g.add_argument("--percentile", type=float, default=0.55, help="pillar quantile of anchor scores (default 0.55)")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nuwa-run", description="Answer a question about an image with Nüwa-pruned LLaVA.")
+    p.add_argument("model", metavar="MODEL", help="llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id")
+    p.add_argument("--image", help="image file (optional for the demo model: its example picture)")
+    p.add_argument("--prompt", required=True, help="the question")
+    add_budget_flags(p)
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    g.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    g = p.add_argument_group("torch backend")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
+    return p
+
+
+def _run(argv: list[str] | None) -> int:
+    args = run_parser().parse_args(argv)
+    from nuwa_export.run import run_torch
+
+    result = run_torch(args)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    return _guard("nuwa-run", _run, argv)
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nuwa-export", description="Export LLaVA with Nüwa pruning to ONNX.")
+    p.add_argument("--model", required=True, help="llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id")
+    p.add_argument("--out", required=True, help="export directory (written atomically)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    add_budget_flags(p)
+    p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
+    return p
+
+
+def _export(argv: list[str] | None) -> int:
+    args = export_parser().parse_args(argv)
+    from nuwa_export.export import export_cli
+
+    return export_cli(args)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    return _guard("nuwa-export", _export, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_main())

@@ -1,0 +1,110 @@
+"""LLaVA-1.5 image preprocessing: pad to a square with the mean colour, resize, normalise.
+
+Written with PIL and NumPy (no torchvision); it matches transformers' ``LlavaImageProcessorPil``
+with ``do_pad=True`` (a test holds it to that).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from nuwa_export.errors import NuwaError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Preprocessing, as recorded in an export manifest.
+
+    ``pad`` is ``"square-mean"`` (LLaVA-1.5: pad to a square with the mean colour, image
+    centred) or ``"none"``.
+    """
+
+    size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    resample: int = 3  # PIL bicubic
+    rescale_factor: float = 1 / 255
+    pad: str = "square-mean"
+
+    @classmethod
+    def from_pretrained(cls, path: Path, image_size: int) -> "ImageConfig":
+        """Read ``preprocessor_config.json`` if present; LLaVA-1.5 pads unless it says ``do_pad: false``.
+
+        The llava-hf checkpoints ship a CLIP processor config without ``do_pad``; LLaVA-1.5 was
+        trained on padded images and grounding depends on it, so padding is the default.
+        """
+        file = Path(path) / "preprocessor_config.json"
+        raw = json.loads(file.read_text()) if file.is_file() else {}
+        crop = raw.get("crop_size") or {}
+        size = crop.get("height") if isinstance(crop, dict) else crop
+        size = int(size or image_size)
+        if size != image_size:
+            raise NuwaError(f"{file}: crop size {size} does not match the vision tower's {image_size}")
+        return cls(
+            size=size,
+            mean=tuple(raw.get("image_mean", CLIP_MEAN)),
+            std=tuple(raw.get("image_std", CLIP_STD)),
+            resample=int(raw.get("resample", 3)),
+            rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
+            pad="square-mean" if raw.get("do_pad", True) else "none",
+        )
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB, or raise a one-line :class:`NuwaError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise NuwaError(f"image file not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise NuwaError(f"cannot read {p} as an image ({type(e).__name__})") from None
+
+
+def pad_to_square(image: Image.Image, mean: tuple[float, float, float]) -> Image.Image:
+    """LLaVA's ``expand2square``: the image centred on a square of colour ``int(255·mean)``."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new("RGB", (side, side), tuple(int(x * 255) for x in mean))
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def preprocess(image: Image.Image, cfg: ImageConfig) -> np.ndarray:
+    """RGB image → ``[3, S, S]`` float32 pixel values."""
+    if cfg.pad == "square-mean":
+        image = pad_to_square(image, cfg.mean)
+    w, h = image.size
+    # shortest edge to S (long edge truncated, as transformers does), then centre crop
+    if w <= h:
+        rw, rh = cfg.size, int(cfg.size * h / w)
+    else:
+        rw, rh = int(cfg.size * w / h), cfg.size
+    image = image.resize((rw, rh), resample=Image.Resampling(cfg.resample))
+    left, top = (rw - cfg.size) // 2, (rh - cfg.size) // 2
+    image = image.crop((left, top, left + cfg.size, top + cfg.size))
+    x = np.asarray(image, dtype=np.float32) * np.float32(cfg.rescale_factor)
+    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def padded_geometry(width: int, height: int, cfg: ImageConfig) -> tuple[int, int, int]:
+    """``(side, offset_x, offset_y)`` of the original image inside the padded square."""
+    if cfg.pad != "square-mean":
+        return max(width, height), 0, 0
+    side = max(width, height)
+    return side, (side - width) // 2, (side - height) // 2

@@ -1,0 +1,84 @@
+"""Load an HF-format LLaVA checkpoint (safetensors only) with its tokenizer and preprocessing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nuwa_export.errors import NuwaError
+from nuwa_export.image import ImageConfig
+from nuwa_export.models.llava import LlavaParts, check_config
+from nuwa_export.models.registry import resolve
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: object  # transformers LlavaForConditionalGeneration
+    parts: LlavaParts
+    tokenizer: object
+    image_config: ImageConfig
+    model_id: str
+    path: Path
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint; refuses pickle-only checkpoints."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        extra = f" (found {', '.join(pickles)}: pickle files are never loaded)" if pickles else ""
+        raise NuwaError(f"no .safetensors weights in {path}{extra}")
+    return files
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NuwaError(f"--device {device} asked for, but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def pick_dtype(name: str | None, config_dtype, device: torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU, the checkpoint's dtype (else float16) on a GPU."""
+    if name not in (None, "auto"):
+        return DTYPES[name]
+    if device.type == "cpu":
+        return torch.float32
+    return config_dtype if isinstance(config_dtype, torch.dtype) else torch.float16
+
+
+def load(model: str, *, dtype: str | None = "auto", device: str | None = "auto") -> LoadedModel:
+    """Resolve ``model`` (alias, ``demo``, directory, hub id) and load it for Nüwa."""
+    from transformers import AutoConfig, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path, model_id = resolve(model)
+    if not (path / "config.json").is_file():
+        raise NuwaError(f"{path} has no config.json; is it an HF checkpoint directory?")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, json.JSONDecodeError, OSError) as e:
+        raise NuwaError(f"cannot read {path / 'config.json'}: {str(e).splitlines()[0]}") from None
+    check_config(config)
+    weight_files(path)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, getattr(config, "dtype", None), dev)
+    net = LlavaForConditionalGeneration.from_pretrained(
+        path, dtype=torch_dtype, use_safetensors=True, attn_implementation="sdpa"
+    )
+    net.to(dev).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    parts = LlavaParts(net)
+    image_config = ImageConfig.from_pretrained(path, parts.image_size)
+    return LoadedModel(net, parts, tokenizer, image_config, model_id, path)

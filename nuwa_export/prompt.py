@@ -1,0 +1,43 @@
+"""The LLaVA-1.5 prompt: ``USER: <image>\\n{prompt} ASSISTANT:``, split around the image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nuwa_export.errors import NuwaError
+
+IMAGE_TOKEN = "<image>"
+TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Token ids around the image: the sequence is ``before + [vision tokens] + after``."""
+
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    image_token_id: int
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The prompt's ids with one image placeholder where the image goes."""
+        return [*self.before, self.image_token_id, *self.after]
+
+
+def build_prompt(tokenizer, text: str, image_token_id: int) -> Prompt:
+    """Tokenize ``text`` in the LLaVA-1.5 template (BOS included) and find the image slot."""
+    if not text.strip():
+        raise NuwaError("--prompt is empty")
+    if IMAGE_TOKEN in text:
+        raise NuwaError(f"--prompt must not contain {IMAGE_TOKEN}; the image is placed by the chat template")
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != image_token_id:
+        raise NuwaError(
+            f"no image placeholder possible: the tokenizer does not map {IMAGE_TOKEN} to the model's "
+            f"image token id {image_token_id}"
+        )
+    ids = list(tokenizer(TEMPLATE.format(prompt=text)).input_ids)
+    slots = [i for i, t in enumerate(ids) if t == image_token_id]
+    if len(slots) != 1:
+        raise NuwaError(f"no image placeholder possible: the tokenized prompt has {len(slots)} image tokens, expected 1")
+    at = slots[0]
+    return Prompt(tuple(ids[:at]), tuple(ids[at + 1 :]), image_token_id)

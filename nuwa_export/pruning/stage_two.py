@@ -1,0 +1,24 @@
+"""Stage two of Nüwa, inside the LLM (NUWA_SPEC §4)."""
+
+from __future__ import annotations
+
+import torch
+
+from nuwa_export.errors import NuwaError
+
+
+def stage_two(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Keep the ``keep`` vision tokens the last prompt token attends to most.
+
+    Args:
+        scores: ``[B, K1]`` float, head-mean attention of the last prompt token over the K1
+            vision tokens at layer ``L-1``.
+        keep: K2, ``1 <= keep <= K1``.
+    Returns:
+        ``[B, keep]`` int64 positions *within the K1 vision tokens*, ascending (sequence order).
+        Ties: higher score first, then lower position.
+    """
+    if not 1 <= keep <= scores.shape[1]:
+        raise NuwaError(f"stage-two keep must be between 1 and {scores.shape[1]}, got {keep}")
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :keep]
+    return order.sort(dim=1).values

@@ -1,0 +1,236 @@
+"""PyTorch generation with Nüwa pruning: the ground truth every exported backend is held to.
+
+Stage one after the vision tower, spatial positions, stage two before layer ``L``, and decoding
+with two KV groups (layers ``[0, L)`` hold ``b + K1 + c`` prompt entries, layers ``[L, N)`` hold
+``b + K2 + c``). The model instance is only read: its modules are called in order, nothing on it
+or on its classes is replaced. With pruning off the result equals HF ``generate``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nuwa_export.errors import NuwaError
+from nuwa_export.image import load_image, preprocess
+from nuwa_export.models.llava import KVCache
+from nuwa_export.models.loader import LoadedModel
+from nuwa_export.prompt import Prompt, build_prompt
+from nuwa_export.pruning import Budgets, decode_position, position_ids, stage_one, stage_two
+from nuwa_export.sampling import SamplingConfig, TokenPicker
+
+
+@dataclass(frozen=True)
+class StageOneOptions:
+    """Stage-one knobs (NUWA_SPEC §2 defaults)."""
+
+    per_region: int | None = None
+    distance: float = 280.0
+    percentile: float = 0.55
+
+
+@dataclass
+class VisionOutput:
+    """``tokens [B, K1, D_llm]`` projected; ``indices [B, K1]`` int64 ascending patch indices."""
+
+    tokens: torch.Tensor
+    indices: torch.Tensor
+
+
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [B, V] float32, last position
+    cache: KVCache
+    stage_two: torch.Tensor | None  # [B, K2] positions within the K1 vision tokens, or None
+    next_position: int
+
+
+@dataclass
+class GenerationResult:
+    prompt: Prompt
+    generated_ids: list[int]
+    text: str
+    stage_one_indices: list[int]
+    stage_two_indices: list[int] | None  # patch indices that reach layers [L, N)
+    budgets: Budgets
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    kv_cache_bytes: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "input_ids": self.prompt.input_ids,
+            "image_token_id": self.prompt.image_token_id,
+            "generated_ids": self.generated_ids,
+            "text": self.text,
+            "stage_one_indices": self.stage_one_indices,
+            "stage_two_indices": self.stage_two_indices,
+            "budgets": self.budgets.as_dict(),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "kv_cache_bytes": self.kv_cache_bytes,
+        }
+
+
+class _Clock:
+    """Per-stage wall-clock timings (synchronising CUDA when used)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+
+class Reference:
+    """Nüwa generation on a loaded LLaVA model."""
+
+    def __init__(self, loaded: LoadedModel, budgets: Budgets, stage_one_options: StageOneOptions | None = None):
+        self.loaded = loaded
+        self.parts = loaded.parts
+        self.budgets = budgets
+        self.options = stage_one_options or StageOneOptions()
+        if budgets.num_patches != self.parts.num_patches or budgets.num_layers != self.parts.num_layers:
+            raise NuwaError("budgets were resolved for another model")
+
+    # ---- stages -----------------------------------------------------------------------------
+    def pixel_values(self, image) -> torch.Tensor:
+        """A path or PIL image → ``[1, 3, S, S]`` in the model's dtype and device."""
+        if not hasattr(image, "size"):
+            image = load_image(image)
+        x = preprocess(image, self.loaded.image_config)
+        return torch.from_numpy(x)[None].to(self.parts.device, self.parts.dtype)
+
+    @torch.inference_mode()
+    def vision(self, pixel_values: torch.Tensor, clock: _Clock | None = None) -> VisionOutput:
+        """Tower, stage one (unless pruning is off) and projector for ``[B, 3, S, S]`` pixels."""
+        clock = clock or _Clock(self.parts.device)
+        signals = self.parts.vision_signals(pixel_values)
+        clock.lap("vision")
+        b = self.budgets
+        if b.prune:
+            o = self.options
+            merged, indices = stage_one(
+                signals.features, signals.sim, signals.cls_attention, self.parts.grid, b.k1,
+                per_region=o.per_region, distance=o.distance, percentile=o.percentile,
+            )
+        else:
+            merged = signals.features
+            indices = torch.arange(b.num_patches, device=merged.device).expand(merged.shape[0], -1)
+        clock.lap("stage_one")
+        tokens = self.parts.projector(merged)
+        clock.lap("projector")
+        return VisionOutput(tokens, indices)
+
+    @torch.inference_mode()
+    def prefill(self, vision: VisionOutput, prompt: Prompt, clock: _Clock | None = None) -> PrefillOutput:
+        """Run the prompt through the LLM with stage two before layer ``L`` (batch 1)."""
+        clock = clock or _Clock(self.parts.device)
+        p, b = self.parts, self.budgets
+        dev = p.device
+        before = torch.tensor([prompt.before], device=dev)
+        after = torch.tensor([prompt.after], device=dev)
+        hidden = torch.cat([p.embed(before), vision.tokens.to(p.dtype), p.embed(after)], dim=1)
+        nb, nc, k1 = len(prompt.before), len(prompt.after), vision.tokens.shape[1]
+        pos = position_ids(nb, vision.indices, nc, b.num_patches)
+        cache = KVCache()
+        kept = None
+        if b.prune:
+            layer_input = p.run_layers(hidden, pos, cache, 0, b.layer - 1)
+            hidden = p.run_layers(layer_input, pos, cache, b.layer - 1, b.layer)
+            clock.lap("prefix")
+            row = p.last_token_attention(b.layer - 1, layer_input, pos, cache)
+            kept = stage_two(row[:, nb : nb + k1], b.k2)
+            rows = torch.cat([torch.arange(nb, device=dev), nb + kept[0], nb + k1 + torch.arange(nc, device=dev)])
+            hidden, pos = hidden[:, rows], pos[:, rows]
+            clock.lap("stage_two")
+            hidden = p.run_layers(hidden, pos, cache, b.layer, b.num_layers)
+            clock.lap("suffix")
+        else:
+            hidden = p.run_layers(hidden, pos, cache, 0, b.num_layers)
+            clock.lap("prefix")
+        logits = p.logits(hidden[:, -1:])
+        clock.lap("lm_head")
+        return PrefillOutput(logits, cache, kept, decode_position(nb, nc, b.num_patches, 0))
+
+    @torch.inference_mode()
+    def decode_step(self, token: int, position: int, cache: KVCache) -> torch.Tensor:
+        """One generated token through every layer (each with its own cache) → ``[1, V]`` logits."""
+        p = self.parts
+        hidden = p.embed(torch.tensor([[token]], device=p.device))
+        pos = torch.tensor([[position]], device=p.device)
+        return p.logits(p.run_layers(hidden, pos, cache, 0, p.num_layers))
+
+    # ---- the whole job ----------------------------------------------------------------------
+    def check_context(self, prompt: Prompt, max_new_tokens: int) -> None:
+        limit = self.parts.config.text_config.max_position_embeddings
+        need = len(prompt.before) + self.budgets.num_patches + len(prompt.after) + max_new_tokens
+        if need > limit:
+            raise NuwaError(
+                f"prompt ({len(prompt.input_ids) - 1} tokens + {self.budgets.num_patches} image positions) plus "
+                f"{max_new_tokens} new tokens needs {need} positions; the model's context is {limit}"
+            )
+
+    def generate(
+        self,
+        image,
+        prompt: str,
+        sampling: SamplingConfig | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> GenerationResult:
+        """Answer ``prompt`` about ``image`` (a path or PIL image)."""
+        sampling = sampling or SamplingConfig()
+        tok = self.loaded.tokenizer
+        prompt_ids = build_prompt(tok, prompt, self.loaded.image_token_id)
+        self.check_context(prompt_ids, sampling.max_new_tokens)
+        clock = _Clock(self.parts.device)
+        pixels = self.pixel_values(image)
+        clock.lap("preprocess")
+        vision = self.vision(pixels, clock)
+        pre = self.prefill(vision, prompt_ids, clock)
+        clock.ms["time_to_first_token"] = sum(clock.ms.values())
+        pick, eos = TokenPicker(sampling), self.eos_ids()
+        generated: list[int] = []
+        logits, cache = pre.logits, pre.cache
+        while True:
+            token = pick(logits[0])
+            generated.append(token)
+            if on_token:
+                on_token(token)
+            if (sampling.stop_at_eos and token in eos) or len(generated) == sampling.max_new_tokens:
+                break
+            logits = self.decode_step(token, pre.next_position + len(generated) - 1, cache)
+        clock.lap("decode")
+        steps = max(1, len(generated) - 1)
+        clock.ms["decode_per_token"] = clock.ms["decode"] / steps
+        clock.ms["total"] = clock.ms["time_to_first_token"] + clock.ms["decode"]
+        s1 = vision.indices[0].tolist()
+        s2 = None if pre.stage_two is None else vision.indices[0, pre.stage_two[0]].tolist()
+        return GenerationResult(
+            prompt=prompt_ids,
+            generated_ids=generated,
+            text=tok.decode(generated, skip_special_tokens=True).strip(),
+            stage_one_indices=s1,
+            stage_two_indices=s2,
+            budgets=self.budgets,
+            timings_ms=clock.ms,
+            kv_cache_bytes=cache.nbytes(),
+        )
+
+    def eos_ids(self) -> set[int]:
+        eos = self.loaded.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.loaded.tokenizer.eos_token_id
+        return set(eos) if isinstance(eos, (list, tuple)) else ({int(eos)} if eos is not None else set())
+
+
+def pixels_to_numpy(pixels: torch.Tensor) -> np.ndarray:
+    return pixels.detach().float().cpu().numpy()
