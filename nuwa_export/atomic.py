@@ -27,6 +27,9 @@ def atomic_dir(target: Path, *, force: bool = False, exist_ok_if_complete: bool 
         raise NuwaError(f"{target} exists and is not empty; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp
         if target.exists():

@@ -92,7 +92,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(argv: list[str] | None) -> int:
     args = export_parser().parse_args(argv)
-    from nuwa_export.export import export_cli
+    from nuwa_export.export.pipeline import export_cli
 
     return export_cli(args)
 

@@ -23,24 +23,22 @@ def pick_image(args: argparse.Namespace, model_path: Path) -> Path:
 
 def run_torch(args: argparse.Namespace):
     """Run one question through :class:`nuwa_export.reference.Reference` and print it."""
+    from nuwa_export.export.vision import stage_one_spec
     from nuwa_export.image import load_image
-    from nuwa_export.models.loader import load
+    from nuwa_export.models.loader import inspect_checkpoint, load
     from nuwa_export.reference import Reference, StageOneOptions
 
+    # everything that can be refused is refused before the weights are read
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    if args.image:
-        image = load_image(args.image)  # fail on a bad image before loading a large model
-    loaded = load(args.model, dtype=args.dtype, device=args.device)
-    if not args.image:
-        image = load_image(pick_image(args, loaded.path))
-    parts = loaded.parts
+    info = inspect_checkpoint(args.model)
+    image = load_image(pick_image(args, info.path))
     budgets = resolve_budgets(
-        parts.num_patches, parts.num_layers, args.keep, args.stage_one_keep, args.stage_two_keep,
+        info.num_patches, info.num_layers, args.keep, args.stage_one_keep, args.stage_two_keep,
         args.stage_two_layer, prune=not args.no_prune,
     )
-    if args.per_region is not None and not 1 <= args.per_region <= 4:
-        raise NuwaError(f"--per-region must be between 1 and 4, got {args.per_region}")
-    options = StageOneOptions(args.per_region, args.distance, args.percentile)
+    spec = stage_one_spec(budgets, info.grid, args.per_region, args.distance, args.percentile)
+    options = StageOneOptions(spec.per_region, spec.distance, spec.percentile)
+    loaded = load(info, dtype=args.dtype, device=args.device)
     ref = Reference(loaded, budgets, options)
     streamer = _Streamer(loaded.tokenizer) if args.stream and not args.json else None
     result = ref.generate(image, args.prompt, sampling, on_token=streamer)

@@ -44,3 +44,12 @@ def loaded_demo(demo_dir):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """`--model demo` builds into a per-session cache, never the user's."""
     monkeypatch.setenv("NUWA_EXPORT_CACHE", str(tmp_path_factory.getbasetemp() / "nuwa-cache"))
+
+@pytest.fixture(scope="session")
+def demo_export(demo_dir, tmp_path_factory):
+    """The demo checkpoint exported once (default budgets); tests copy it before changing it."""
+    from nuwa_export.export.pipeline import export
+
+    out = tmp_path_factory.mktemp("export") / "demo-k28"
+    export(str(demo_dir), out, progress=False)
+    return out

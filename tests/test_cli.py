@@ -96,10 +96,10 @@ def test_bad_input_one_line(capsys, tmp_path, demo_dir, odd_grid_dir, no_placeho
     assert out == ""
 
 
-def test_console_script_error_has_no_traceback(tmp_path):
+def test_console_script_error_has_no_traceback(tmp_path, demo_dir):
     exe = shutil.which("nuwa-run", path=str(__import__("pathlib").Path(sys.executable).parent))
     proc = subprocess.run(
-        [exe, "llava-1.5-7b", "--image", str(tmp_path / "nope.png"), "--prompt", "hi"],
+        [exe, str(demo_dir), "--image", str(tmp_path / "nope.png"), "--prompt", "hi"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1

@@ -173,7 +173,13 @@ def _processor_config(size: int) -> dict:
 
 
 def example_image(path: str | Path) -> Path:
-    """Draw the demo's example picture (320x240: a street with a car on the left, a person on the right)."""
+    """Save :func:`example_picture` as PNG at ``path``."""
+    example_picture().save(path, format="PNG")
+    return Path(path)
+
+
+def example_picture():
+    """The demo's example picture (320x240: a street with a car on the left, a person on the right)."""
     from PIL import Image, ImageDraw
 
     im = Image.new("RGB", (320, 240), (135, 190, 235))
@@ -188,5 +194,4 @@ def example_image(path: str | Path) -> Path:
     d.ellipse((228, 88, 252, 112), fill=(230, 190, 160))  # head
     d.rectangle((226, 112, 254, 165), fill=(40, 70, 200))  # shirt
     d.rectangle((228, 165, 252, 205), fill=(40, 40, 40))  # trousers
-    im.save(path)
-    return Path(path)
+    return im

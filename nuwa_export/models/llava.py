@@ -115,21 +115,8 @@ class LlavaParts:
 
     # ---- vision -----------------------------------------------------------------------------
     def vision_signals(self, pixel_values: torch.Tensor) -> VisionSignals:
-        """Run the tower once (its own attention kernels) and compute the CLS row alone.
-
-        Args:
-            pixel_values: ``[B, 3, S, S]`` in the model's dtype.
-        """
-        vm = getattr(self.vision, "vision_model", self.vision)
-        hidden = vm.pre_layrnorm(vm.embeddings(pixel_values))
-        states = [hidden]
-        for layer in vm.encoder.layers:
-            hidden = layer(hidden, None)
-            states.append(hidden)
-        f = self.feature_index
-        cls_attention = cls_attention_row(vm.encoder.layers[f - 1], states[f - 1])
-        sim = torch.stack(states[self.sim_start :], dim=0).mean(dim=0)[:, 1:]
-        return VisionSignals(states[f][:, 1:], sim, cls_attention[:, 1:])
+        """Tower pass and the CLS row (see :func:`vision_signals`)."""
+        return vision_signals(self.vision, pixel_values, self.feature_index, self.sim_start)
 
     # ---- language model ---------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -191,6 +178,26 @@ class LlavaParts:
     def logits(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """Final norm and lm_head: ``[B, 1, D]`` → ``[B, V]`` float32."""
         return self.lm_head(self.lm.norm(hidden_last))[:, -1].float()
+
+
+def vision_signals(vision: nn.Module, pixel_values: torch.Tensor, feature_index: int, sim_start: int) -> VisionSignals:
+    """Run a CLIP tower once (its own attention kernels) and compute the CLS row alone.
+
+    Args:
+        vision: ``CLIPVisionModel`` (or its ``vision_model``).
+        pixel_values: ``[B, 3, S, S]`` in the tower's dtype.
+        feature_index: hidden-state index of LLaVA's feature layer (``h[0]`` = embeddings).
+        sim_start: first hidden state averaged into the similarity features.
+    """
+    vm = getattr(vision, "vision_model", vision)
+    hidden = vm.pre_layrnorm(vm.embeddings(pixel_values))
+    states = [hidden]
+    for layer in vm.encoder.layers:
+        hidden = layer(hidden, None)
+        states.append(hidden)
+    cls_attention = cls_attention_row(vm.encoder.layers[feature_index - 1], states[feature_index - 1])
+    sim = torch.stack(states[sim_start:], dim=0).mean(dim=0)[:, 1:]
+    return VisionSignals(states[feature_index][:, 1:], sim, cls_attention[:, 1:])
 
 
 def cls_attention_row(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:

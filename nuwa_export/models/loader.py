@@ -57,12 +57,32 @@ def pick_dtype(name: str | None, config_dtype, device: torch.device) -> torch.dt
     return config_dtype if isinstance(config_dtype, torch.dtype) else torch.float16
 
 
-def load(model: str, *, dtype: str | None = "auto", device: str | None = "auto") -> LoadedModel:
-    """Resolve ``model`` (alias, ``demo``, directory, hub id) and load it for Nüwa."""
-    from transformers import AutoConfig, AutoTokenizer, LlavaForConditionalGeneration
-    from transformers.utils import logging as hf_logging
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What can be known of a checkpoint without loading its weights."""
 
-    hf_logging.disable_progress_bar()
+    path: Path
+    model_id: str
+    config: object  # transformers LlavaConfig
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        vc = self.config.vision_config
+        return (vc.image_size // vc.patch_size, vc.image_size // vc.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.text_config.num_hidden_layers
+
+
+def inspect_checkpoint(model: str) -> CheckpointInfo:
+    """Resolve ``model`` and read and check its config (fast: no weights are read)."""
+    from transformers import AutoConfig
+
     path, model_id = resolve(model)
     if not (path / "config.json").is_file():
         raise NuwaError(f"{path} has no config.json; is it an HF checkpoint directory?")
@@ -72,6 +92,17 @@ def load(model: str, *, dtype: str | None = "auto", device: str | None = "auto")
         raise NuwaError(f"cannot read {path / 'config.json'}: {str(e).splitlines()[0]}") from None
     check_config(config)
     weight_files(path)
+    return CheckpointInfo(path, model_id, config)
+
+
+def load(model: str | CheckpointInfo, *, dtype: str | None = "auto", device: str | None = "auto") -> LoadedModel:
+    """Resolve ``model`` (alias, ``demo``, directory, hub id) and load it for Nüwa."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    info = model if isinstance(model, CheckpointInfo) else inspect_checkpoint(model)
+    path, model_id, config = info.path, info.model_id, info.config
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, getattr(config, "dtype", None), dev)
     net = LlavaForConditionalGeneration.from_pretrained(

@@ -8,6 +8,7 @@ from nuwa_export.pruning.stage_one import (
     default_per_region,
     separation,
     stage_one,
+    swarm_weights,
 )
 from nuwa_export.pruning.stage_two import stage_two
 
@@ -24,4 +25,5 @@ __all__ = [
     "separation",
     "stage_one",
     "stage_two",
+    "swarm_weights",
 ]

@@ -99,6 +99,21 @@ def aggregation_weights(
         ``[B, K, N]`` float32. Pillar rows are one-hot at the anchor; collector rows are the
         normalised ``relu(cos) · penalty`` weights with the self entry set to 1.0.
     """
+    return swarm_weights(sim, indices, cls_attention.float().gather(1, indices), grid, distance, percentile)
+
+
+def swarm_weights(
+    sim: torch.Tensor,
+    indices: torch.Tensor,
+    anchor_scores: torch.Tensor,
+    grid: tuple[int, int],
+    distance: float = 280.0,
+    percentile: float = 0.55,
+) -> torch.Tensor:
+    """:func:`aggregation_weights` given the anchors' own scores ``anchor_scores [B, K]``.
+
+    This is the computation of the exported ``nuwa::SwarmAggregate`` node (before ``@ features``).
+    """
     b, n, _ = sim.shape
     h, w = _check_grid(grid, n)
     u = F.normalize(sim.float(), dim=-1)
@@ -111,7 +126,7 @@ def aggregation_weights(
     penalty = 1.0 - torch.clamp(dist / math.sqrt(distance), max=1.0)
     weights = affinity * penalty
 
-    scores = cls_attention.float().gather(1, indices)  # [B, K]
+    scores = anchor_scores.float()
     threshold = torch.quantile(scores, percentile, dim=1, keepdim=True, interpolation="linear")
     pillar = scores >= threshold
     is_self = patch[None, None, :] == indices[..., None]  # [B, K, N]

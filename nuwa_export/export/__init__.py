@@ -1,0 +1,1 @@
+"""ONNX export of LLaVA with Nüwa pruning (`nuwa-export`); see pipeline.py."""

@@ -1,0 +1,161 @@
+"""``manifest.json``: what was exported, from what, with which budgets — read strictly.
+
+Unknown keys, missing keys, a newer ``schema_version`` and files whose sha256 differs are all
+one-line :class:`NuwaError` s naming what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+
+from nuwa_export.constants import MANIFEST_SCHEMA_VERSION
+from nuwa_export.errors import NuwaError
+
+FILENAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy-style: float32, int64, ...
+    shape: list  # ints, or strings for dynamic axes ("batch")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    weights: dict[str, str]  # file name → sha256
+
+
+@dataclass(frozen=True)
+class BudgetInfo:
+    keep: int
+    stage_one_keep: int
+    stage_two_keep: int
+    stage_two_layer: int
+    num_layers: int
+    prune: bool
+    per_region: int
+    distance: float
+    percentile: float
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    nuwa_export_version: str
+    model: ModelInfo
+    budgets: BudgetInfo
+    grid: list[int]
+    num_patches: int
+    preprocessing: dict[str, typing.Any]
+    opset: int
+    versions: dict[str, str]
+    graphs: dict[str, GraphSpec]
+    files: dict[str, FileEntry]
+    validation: dict[str, typing.Any]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entries(directory: Path, names: list[str]) -> dict[str, FileEntry]:
+    return {n: FileEntry(sha256_file(directory / n), (directory / n).stat().st_size) for n in sorted(names)}
+
+
+def _build(cls, data, where: str):
+    """Build ``cls`` from JSON data, refusing unknown and missing keys at every level."""
+    origin = typing.get_origin(cls)
+    if is_dataclass(cls):
+        if not isinstance(data, dict):
+            raise NuwaError(f"manifest: {where} should be an object")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown:
+            raise NuwaError(f"manifest: unknown key {where}.{unknown[0]} (written by a different nuwa-export?)")
+        if missing:
+            raise NuwaError(f"manifest: missing key {where}.{missing[0]}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _build(hints[k], data[k], f"{where}.{k}") for k in names})
+    if origin is dict:
+        _, value_type = typing.get_args(cls)
+        if not isinstance(data, dict):
+            raise NuwaError(f"manifest: {where} should be an object")
+        return {k: _build(value_type, v, f"{where}.{k}") for k, v in data.items()}
+    if origin is list:
+        (item_type,) = typing.get_args(cls) or (typing.Any,)
+        if not isinstance(data, list):
+            raise NuwaError(f"manifest: {where} should be a list")
+        return [_build(item_type, v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if cls is list:
+        if not isinstance(data, list):
+            raise NuwaError(f"manifest: {where} should be a list")
+        return data
+    if cls is typing.Any:
+        return data
+    ok = isinstance(data, cls) and not (cls is int and isinstance(data, bool))
+    if cls is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    if not ok:
+        raise NuwaError(f"manifest: {where} should be {cls.__name__}, got {type(data).__name__}")
+    return data
+
+
+def read(directory: str | Path, *, verify: bool = True) -> Manifest:
+    """Load and check ``DIR/manifest.json``; with ``verify``, every listed file's sha256 too."""
+    directory = Path(directory)
+    path = directory / FILENAME
+    if not path.is_file():
+        raise NuwaError(f"{directory} has no {FILENAME}; is it a nuwa-export directory?")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NuwaError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(data, dict):
+        raise NuwaError(f"{path} is not a JSON object")
+    version = data.get("schema_version")
+    if isinstance(version, int) and version > MANIFEST_SCHEMA_VERSION:
+        raise NuwaError(
+            f"{path} has schema_version {version}, newer than this nuwa-export reads ({MANIFEST_SCHEMA_VERSION}); "
+            "upgrade nuwa-export or re-export with this version"
+        )
+    manifest = _build(Manifest, data, "manifest")
+    if manifest.schema_version < 1:
+        raise NuwaError(f"{path}: schema_version must be >= 1, got {manifest.schema_version}")
+    if verify:
+        verify_files(directory, manifest)
+    return manifest
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    for name, entry in sorted(manifest.files.items()):
+        f = directory / name
+        if not f.is_file():
+            raise NuwaError(f"{f} is missing from the export; re-run nuwa-export")
+        if f.stat().st_size != entry.size or sha256_file(f) != entry.sha256:
+            raise NuwaError(f"{f} does not match its sha256 in {FILENAME} (corrupt or changed); re-run nuwa-export")

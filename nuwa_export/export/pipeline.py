@@ -1,0 +1,175 @@
+"""``nuwa-export``: checkpoint → export directory (graphs, manifest), validated, written atomically."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from nuwa_export import __version__
+from nuwa_export.atomic import atomic_dir
+from nuwa_export.constants import MANIFEST_SCHEMA_VERSION, OPSET
+from nuwa_export.errors import NuwaError
+from nuwa_export.export import manifest as mf
+
+VISION_FILE, VISION_PLUGIN_FILE = "vision.onnx", "vision.plugin.onnx"
+
+
+class Steps:
+    """A spinner per export step and a ✓ line with its duration (stderr)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self.console = Console(file=sys.stderr, quiet=not enabled)
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        with self.console.status(name):
+            yield
+        self.times[name] = time.perf_counter() - t
+        self.console.print(f"[green]✓[/] {name} [dim]{self.times[name]:.1f} s[/]")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs and warns a lot about things that do not concern users."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _graph_spec(model, file: str) -> mf.GraphSpec:
+    from onnx import helper
+
+    def spec(v):
+        t = v.type.tensor_type
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return mf.TensorSpec(v.name, str(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims)
+
+    return mf.GraphSpec(file, [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output])
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def export(
+    model: str,
+    out: str | Path,
+    *,
+    keep: int | None = None,
+    k1: int | None = None,
+    k2: int | None = None,
+    layer: int | None = None,
+    prune: bool = True,
+    per_region: int | None = None,
+    distance: float = 280.0,
+    percentile: float = 0.55,
+    force: bool = False,
+    progress: bool = True,
+) -> mf.Manifest:
+    """Export ``model`` to ``out`` and validate it; nothing is left at ``out`` if anything fails."""
+    import onnx
+
+    from nuwa_export.export import ops
+    from nuwa_export.export.validate import validate_vision
+    from nuwa_export.export.vision import VisionGraph, stage_one_spec, trace
+    from nuwa_export.models.loader import inspect_checkpoint, load, weight_files
+    from nuwa_export.pruning import resolve_budgets
+    from nuwa_export.reference import Reference, StageOneOptions
+
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise NuwaError(f"{out} exists and is not empty; pass --force to replace it")
+    info = inspect_checkpoint(model)  # bad flags are refused before anything slow starts
+    budgets = resolve_budgets(info.num_patches, info.num_layers, keep, k1, k2, layer, prune=prune)
+    spec = stage_one_spec(budgets, info.grid, per_region, distance, percentile)
+    steps = Steps(progress)
+    with steps("load checkpoint"):
+        loaded = load(info, dtype="float32", device="cpu")
+    parts = loaded.parts
+    reference = Reference(loaded, budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile))
+
+    with atomic_dir(out, force=force) as tmp:
+        with steps(f"trace vision tower + stage one (K1={budgets.k1})"), _quiet_exporter():
+            vision, plugin = trace(VisionGraph(parts, budgets, spec), parts.image_size)
+        with steps("write and check graphs"):
+            onnx.save(vision, tmp / VISION_FILE)
+            onnx.save(plugin, tmp / VISION_PLUGIN_FILE)
+            ops.register_schema()
+            for f in (VISION_FILE, VISION_PLUGIN_FILE):
+                onnx.checker.check_model(str(tmp / f), full_check=True)
+        with steps("validate against the PyTorch reference (ONNX Runtime, CPU)"):
+            validation = {"vision": validate_vision(tmp / VISION_FILE, reference)}
+        with steps("hash weights and write manifest"):
+            manifest = mf.Manifest(
+                schema_version=MANIFEST_SCHEMA_VERSION,
+                nuwa_export_version=__version__,
+                model=mf.ModelInfo(loaded.model_id, {p.name: mf.sha256_file(p) for p in weight_files(loaded.path)}),
+                budgets=mf.BudgetInfo(
+                    budgets.keep, budgets.k1, budgets.k2, budgets.layer, budgets.num_layers, budgets.prune,
+                    spec.per_region, spec.distance, spec.percentile,
+                ),
+                grid=list(parts.grid),
+                num_patches=parts.num_patches,
+                preprocessing=loaded.image_config.as_dict(),
+                opset=OPSET,
+                versions=_versions(),
+                graphs={"vision": _graph_spec(vision, VISION_FILE), "vision_plugin": _graph_spec(plugin, VISION_PLUGIN_FILE)},
+                files=mf.file_entries(tmp, [VISION_FILE, VISION_PLUGIN_FILE]),
+                validation=validation,
+            )
+            (tmp / mf.FILENAME).write_text(manifest.to_json())
+    _summary(steps, manifest, out)
+    return manifest
+
+
+def _summary(steps: Steps, manifest: mf.Manifest, out: Path) -> None:
+    from rich.table import Table
+
+    b = manifest.budgets
+    table = Table(title=f"nuwa-export → {out}", title_justify="left")
+    table.add_column("file")
+    table.add_column("MiB", justify="right")
+    table.add_column("sha256")
+    for name, entry in manifest.files.items():
+        table.add_row(name, f"{entry.size / 2**20:.1f}", entry.sha256[:16])
+    steps.console.print(table)
+    err = manifest.validation["vision"]["image_tokens"]["max_abs"]
+    steps.console.print(
+        f"budgets: keep {b.keep}, K1 {b.stage_one_keep}, K2 {b.stage_two_keep} from layer {b.stage_two_layer} "
+        f"({manifest.num_patches} patches); vision validated at batch {manifest.validation['vision']['batch']}, "
+        f"max abs error {err:.2g}"
+    )
+
+
+def export_cli(args: argparse.Namespace) -> int:
+    export(
+        args.model, args.out, keep=args.keep, k1=args.stage_one_keep, k2=args.stage_two_keep,
+        layer=args.stage_two_layer, prune=not args.no_prune, per_region=args.per_region,
+        distance=args.distance, percentile=args.percentile, force=args.force,
+    )
+    return 0

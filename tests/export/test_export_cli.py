@@ -1,0 +1,131 @@
+"""nuwa-export as users run it: atomic output, refusals, interruption, --help without extras."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nuwa_export.cli import export_main
+from nuwa_export.errors import NuwaError
+from nuwa_export.export import pipeline
+
+BIN = Path(sys.executable).parent
+
+
+def _leftovers(parent: Path, name: str):
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def test_cli_exports_and_refuses_non_empty_out(demo_dir, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert export_main(["--model", str(demo_dir), "--out", str(out), "--keep", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "validate against the PyTorch reference" in err and "K1 28" in err
+    assert export_main(["--model", str(demo_dir), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"nuwa-export: error: {out} exists and is not empty; pass --force to replace it"
+    before = (out / "manifest.json").read_text()
+    assert export_main(["--model", str(demo_dir), "--out", str(out), "--keep", "8", "--force"]) == 0
+    assert (out / "manifest.json").read_text() != before
+    assert not _leftovers(tmp_path, "exp")
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--keep", "300"], "more than the 256 image patches"),
+        (["--stage-one-keep", "8", "--stage-two-keep", "9"], "K2=9 must be between 1 and K1=8"),
+        (["--stage-two-layer", "9"], "between 1 and 3"),
+        (["--per-region", "1", "--stage-one-keep", "100"], "fewer than K1=100"),
+        (["--per-region", "5"], "between 1 and 4"),
+    ],
+)
+def test_cli_bad_budgets(demo_dir, tmp_path, capsys, args, match):
+    assert export_main(["--model", str(demo_dir), "--out", str(tmp_path / "x"), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nuwa-export: error: ") and match in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_failed_validation_leaves_nothing(demo_dir, tmp_path, monkeypatch):
+    import nuwa_export.export.validate as validate
+
+    def broken(path, reference):
+        raise NuwaError("validation failed: vision.onnx image_tokens differs from the reference")
+
+    monkeypatch.setattr(validate, "validate_vision", broken)
+    with pytest.raises(NuwaError, match="validation failed"):
+        pipeline.export(str(demo_dir), tmp_path / "exp", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_keeps_the_previous_export(demo_dir, demo_export, tmp_path, monkeypatch):
+    import shutil
+
+    import nuwa_export.export.validate as validate
+
+    out = tmp_path / "exp"
+    shutil.copytree(demo_export, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(validate, "validate_vision", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.export(str(demo_dir), out, force=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not _leftovers(tmp_path, "exp")
+
+
+def test_ctrl_c_leaves_nothing_half_written(demo_dir, tmp_path):
+    """A real SIGINT to a running nuwa-export, once its temporary directory exists."""
+    out = tmp_path / "exp"
+    proc = subprocess.Popen(
+        [str(BIN / "nuwa-export"), "--model", str(demo_dir), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not _leftovers(tmp_path, "exp") and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "export finished before it could be interrupted"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().endswith("nuwa-export: interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+BLOCK = """
+import importlib.machinery, sys
+class Block:  # these packages behave as if not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('onnxruntime', 'tensorrt', 'tensorrt_rtx'):
+            return importlib.machinery.ModuleSpec(name, self)
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named '{spec.name}'", name=spec.name)
+    def exec_module(self, module):
+        pass
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_help_and_import_without_onnxruntime_or_tensorrt():
+    code = BLOCK + (
+        "import nuwa_export, nuwa_export.cli, nuwa_export.export.pipeline, nuwa_export.build.engine\n"
+        "from nuwa_export.cli import export_main, export_parser\n"
+        "print(export_parser().format_help())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--stage-one-keep" in proc.stdout and "--force" in proc.stdout
+
+
+def test_missing_onnxruntime_is_one_line(demo_dir, tmp_path):
+    code = BLOCK + f"from nuwa_export.cli import export_main; sys.exit(export_main(['--model', {str(demo_dir)!r}, '--out', {str(tmp_path / 'x')!r}]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "nuwa-export: error: onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+    assert not (tmp_path / "x").exists()
