@@ -8,7 +8,6 @@ bugs keep their traceback. Heavy imports (torch, transformers) happen after pars
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 
@@ -48,9 +47,18 @@ def add_budget_flags(p: argparse.ArgumentParser) -> None:
 
 def run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-run", description="Answer a question about an image with Nüwa-pruned LLaVA.")
-    p.add_argument("model", metavar="MODEL", help="llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id")
+    p.add_argument(
+        "model", metavar="MODEL",
+        help="an export directory (from nuwa-export), or llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id",
+    )
     p.add_argument("--image", help="image file (optional for the demo model: its example picture)")
-    p.add_argument("--prompt", required=True, help="the question")
+    p.add_argument("--prompt", help="the question")
+    p.add_argument("--ground", metavar="PHRASE", help="ask for the box of PHRASE (LLaVA-1.5 grounding) and print it in pixels")
+    p.add_argument("--draw", metavar="OUT.png", help="with --ground: save the image with the box drawn")
+    p.add_argument(
+        "--backend", choices=["ort", "trt", "torch"],
+        help="engine backend for an export directory (default ort); torch runs the PyTorch reference",
+    )
     add_budget_flags(p)
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=64)
@@ -59,8 +67,8 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     g.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    g = p.add_argument_group("torch backend")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda (torch also cuda:N)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
     return p
@@ -68,16 +76,36 @@ def run_parser() -> argparse.ArgumentParser:
 
 def _run(argv: list[str] | None) -> int:
     args = run_parser().parse_args(argv)
-    from nuwa_export.run import run_torch
+    from nuwa_export.run import run
 
-    result = run_torch(args)
-    if args.json:
-        print(json.dumps(result.to_json()))
+    run(args)
     return 0
 
 
 def run_main(argv: list[str] | None = None) -> int:
     return _guard("nuwa-run", _run, argv)
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nuwa-verify", description="Compare every backend present against the PyTorch reference, stage by stage.")
+    p.add_argument("export_dir", metavar="EXPORT_DIR")
+    p.add_argument("--image", help="image file (default: the demo street picture)")
+    p.add_argument("--prompt", default="What is in the picture?")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
+    return p
+
+
+def _verify(argv: list[str] | None) -> int:
+    args = verify_parser().parse_args(argv)
+    from nuwa_export.verify import verify_cli
+
+    return verify_cli(args)
+
+
+def verify_main(argv: list[str] | None = None) -> int:
+    return _guard("nuwa-verify", _verify, argv)
 
 
 def export_parser() -> argparse.ArgumentParser:

@@ -8,20 +8,19 @@ or on its classes is replaced. With pruning off the result equals HF ``generate`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.generation import Clock, GenerationResult, decode_loop
 from nuwa_export.image import load_image, preprocess
 from nuwa_export.models.llava import KVCache
 from nuwa_export.models.loader import LoadedModel
 from nuwa_export.prompt import Prompt, build_prompt
 from nuwa_export.pruning import Budgets, decode_position, position_ids, stage_one, stage_two
-from nuwa_export.sampling import SamplingConfig, TokenPicker
+from nuwa_export.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -47,47 +46,8 @@ class PrefillOutput:
     cache: KVCache
     stage_two: torch.Tensor | None  # [B, K2] positions within the K1 vision tokens, or None
     next_position: int
-
-
-@dataclass
-class GenerationResult:
-    prompt: Prompt
-    generated_ids: list[int]
-    text: str
-    stage_one_indices: list[int]
-    stage_two_indices: list[int] | None  # patch indices that reach layers [L, N)
-    budgets: Budgets
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    kv_cache_bytes: int = 0
-
-    def to_json(self) -> dict:
-        return {
-            "input_ids": self.prompt.input_ids,
-            "image_token_id": self.prompt.image_token_id,
-            "generated_ids": self.generated_ids,
-            "text": self.text,
-            "stage_one_indices": self.stage_one_indices,
-            "stage_two_indices": self.stage_two_indices,
-            "budgets": self.budgets.as_dict(),
-            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-            "kv_cache_bytes": self.kv_cache_bytes,
-        }
-
-
-class _Clock:
-    """Per-stage wall-clock timings (synchronising CUDA when used)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.ms: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
-        self._t = now
+    split_hidden: torch.Tensor  # [B, T, D] hidden states after layer L-1, every row
+    stage_two_scores: torch.Tensor  # [B, K1] float32 (the last row at layer L-1)
 
 
 class Reference:
@@ -110,9 +70,9 @@ class Reference:
         return torch.from_numpy(x)[None].to(self.parts.device, self.parts.dtype)
 
     @torch.inference_mode()
-    def vision(self, pixel_values: torch.Tensor, clock: _Clock | None = None) -> VisionOutput:
+    def vision(self, pixel_values: torch.Tensor, clock: Clock | None = None) -> VisionOutput:
         """Tower, stage one (unless pruning is off) and projector for ``[B, 3, S, S]`` pixels."""
-        clock = clock or _Clock(self.parts.device)
+        clock = clock or self._clock()
         signals = self.parts.vision_signals(pixel_values)
         clock.lap("vision")
         b = self.budgets
@@ -131,9 +91,9 @@ class Reference:
         return VisionOutput(tokens, indices)
 
     @torch.inference_mode()
-    def prefill(self, vision: VisionOutput, prompt: Prompt, clock: _Clock | None = None) -> PrefillOutput:
+    def prefill(self, vision: VisionOutput, prompt: Prompt, clock: Clock | None = None) -> PrefillOutput:
         """Run the prompt through the LLM with stage two before layer ``L`` (batch 1)."""
-        clock = clock or _Clock(self.parts.device)
+        clock = clock or self._clock()
         p, b = self.parts, self.budgets
         dev = p.device
         before = torch.tensor([prompt.before], device=dev)
@@ -143,23 +103,20 @@ class Reference:
         pos = position_ids(nb, vision.indices, nc, b.num_patches)
         cache = KVCache()
         kept = None
+        layer_input = p.run_layers(hidden, pos, cache, 0, b.layer - 1)
+        split = p.run_layers(layer_input, pos, cache, b.layer - 1, b.layer)
+        clock.lap("prefix")
+        scores = p.last_token_attention(b.layer - 1, layer_input, pos, cache)[:, nb : nb + k1]
+        hidden = split
         if b.prune:
-            layer_input = p.run_layers(hidden, pos, cache, 0, b.layer - 1)
-            hidden = p.run_layers(layer_input, pos, cache, b.layer - 1, b.layer)
-            clock.lap("prefix")
-            row = p.last_token_attention(b.layer - 1, layer_input, pos, cache)
-            kept = stage_two(row[:, nb : nb + k1], b.k2)
+            kept = stage_two(scores, b.k2)
             rows = torch.cat([torch.arange(nb, device=dev), nb + kept[0], nb + k1 + torch.arange(nc, device=dev)])
             hidden, pos = hidden[:, rows], pos[:, rows]
-            clock.lap("stage_two")
-            hidden = p.run_layers(hidden, pos, cache, b.layer, b.num_layers)
-            clock.lap("suffix")
-        else:
-            hidden = p.run_layers(hidden, pos, cache, 0, b.num_layers)
-            clock.lap("prefix")
+        clock.lap("stage_two")
+        hidden = p.run_layers(hidden, pos, cache, b.layer, b.num_layers)
         logits = p.logits(hidden[:, -1:])
-        clock.lap("lm_head")
-        return PrefillOutput(logits, cache, kept, decode_position(nb, nc, b.num_patches, 0))
+        clock.lap("suffix")
+        return PrefillOutput(logits, cache, kept, decode_position(nb, nc, b.num_patches, 0), split, scores)
 
     @torch.inference_mode()
     def decode_step(self, token: int, position: int, cache: KVCache) -> torch.Tensor:
@@ -191,27 +148,15 @@ class Reference:
         tok = self.loaded.tokenizer
         prompt_ids = build_prompt(tok, prompt, self.loaded.image_token_id)
         self.check_context(prompt_ids, sampling.max_new_tokens)
-        clock = _Clock(self.parts.device)
+        clock = self._clock()
         pixels = self.pixel_values(image)
         clock.lap("preprocess")
         vision = self.vision(pixels, clock)
         pre = self.prefill(vision, prompt_ids, clock)
-        clock.ms["time_to_first_token"] = sum(clock.ms.values())
-        pick, eos = TokenPicker(sampling), self.eos_ids()
-        generated: list[int] = []
-        logits, cache = pre.logits, pre.cache
-        while True:
-            token = pick(logits[0])
-            generated.append(token)
-            if on_token:
-                on_token(token)
-            if (sampling.stop_at_eos and token in eos) or len(generated) == sampling.max_new_tokens:
-                break
-            logits = self.decode_step(token, pre.next_position + len(generated) - 1, cache)
-        clock.lap("decode")
-        steps = max(1, len(generated) - 1)
-        clock.ms["decode_per_token"] = clock.ms["decode"] / steps
-        clock.ms["total"] = clock.ms["time_to_first_token"] + clock.ms["decode"]
+        clock.first_token()
+        step = lambda token, i: self.decode_step(token, pre.next_position + i, pre.cache)
+        generated = decode_loop(pre.logits, step, sampling, self.eos_ids(), on_token)
+        clock.finish(len(generated))
         s1 = vision.indices[0].tolist()
         s2 = None if pre.stage_two is None else vision.indices[0, pre.stage_two[0]].tolist()
         return GenerationResult(
@@ -222,15 +167,15 @@ class Reference:
             stage_two_indices=s2,
             budgets=self.budgets,
             timings_ms=clock.ms,
-            kv_cache_bytes=cache.nbytes(),
+            kv_cache_bytes=pre.cache.nbytes(),
+            backend="torch",
         )
+
+    def _clock(self) -> Clock:
+        return Clock(torch.cuda.synchronize if self.parts.device.type == "cuda" else None)
 
     def eos_ids(self) -> set[int]:
         eos = self.loaded.model.generation_config.eos_token_id
         if eos is None:
             eos = self.loaded.tokenizer.eos_token_id
         return set(eos) if isinstance(eos, (list, tuple)) else ({int(eos)} if eos is not None else set())
-
-
-def pixels_to_numpy(pixels: torch.Tensor) -> np.ndarray:
-    return pixels.detach().float().cpu().numpy()

@@ -1,35 +1,82 @@
-"""``nuwa-run`` with the torch backend: load, prune, generate, report."""
+"""``nuwa-run``: one question about one image, from a checkpoint (torch) or an export directory."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.export import manifest as mf
 from nuwa_export.pruning import resolve_budgets
 from nuwa_export.sampling import SamplingConfig
 
+BUDGET_FLAGS = ("keep", "stage_one_keep", "stage_two_keep", "stage_two_layer", "per_region")
 
-def pick_image(args: argparse.Namespace, model_path: Path) -> Path:
-    """``--image``, or the demo checkpoint's example picture when MODEL is ``demo``."""
+
+def is_export_dir(model: str) -> bool:
+    return (Path(model).expanduser() / mf.FILENAME).is_file()
+
+
+def pick_image(args: argparse.Namespace, model_path: Path | None) -> Path:
+    """``--image``, or the example picture a demo-built checkpoint carries."""
     if args.image:
         return Path(args.image)
-    example = model_path / "example.png"
-    if args.model == "demo" and example.is_file():
-        return example
+    if model_path is not None and (model_path / "example.png").is_file():
+        return model_path / "example.png"
     raise NuwaError("--image is required (only the demo model has a built-in example picture)")
 
 
-def run_torch(args: argparse.Namespace):
-    """Run one question through :class:`nuwa_export.reference.Reference` and print it."""
-    from nuwa_export.export.vision import stage_one_spec
+def _checkpoint_dir(model_id: str) -> Path | None:
+    """Where the exported checkpoint lives, if it is here (for the demo's example picture)."""
+    if model_id == "demo":
+        from nuwa_export.models.demo import ensure_built
+
+        return ensure_built()
+    return Path(model_id) if Path(model_id).is_dir() else None
+
+
+def reference_for_export(directory: Path, manifest: mf.Manifest, device: str = "auto", dtype: str = "auto"):
+    """The PyTorch reference configured exactly as ``directory`` was exported."""
+    from nuwa_export.models.loader import inspect_checkpoint, load, weight_files
+    from nuwa_export.reference import Reference, StageOneOptions
+    from nuwa_export.runtime.pipeline import budgets_of
+
+    info = inspect_checkpoint(manifest.model.id)
+    files = {p.name: mf.sha256_file(p) for p in weight_files(info.path)}
+    if files != manifest.model.weights:
+        raise NuwaError(f"the checkpoint at {info.path} is not the one {directory} was exported from (weights sha256 differ)")
+    b = manifest.budgets
+    return Reference(load(info, dtype=dtype, device=device), budgets_of(manifest), StageOneOptions(b.per_region, b.distance, b.percentile))
+
+
+def build_runner(args: argparse.Namespace):
+    """(runner with ``generate``, image path, model id, backend name); refuses bad flags first."""
     from nuwa_export.image import load_image
+
+    if is_export_dir(args.model):
+        directory = Path(args.model).expanduser()
+        given = [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f) is not None] + (["--no-prune"] if args.no_prune else [])
+        if given:
+            raise NuwaError(f"{' '.join(given)}: budgets are fixed when exporting; re-run nuwa-export to change them")
+        manifest = mf.read(directory)
+        backend = args.backend or "ort"
+        image = load_image(pick_image(args, None if args.image else _checkpoint_dir(manifest.model.id)))
+        if backend == "torch":
+            runner = reference_for_export(directory, manifest, args.device, args.dtype)
+        else:
+            from nuwa_export.runtime.pipeline import Pipeline
+
+            runner = Pipeline(directory, backend, args.device)
+        return runner, image, manifest.model.id, backend
+
+    from nuwa_export.export.vision import stage_one_spec
     from nuwa_export.models.loader import inspect_checkpoint, load
     from nuwa_export.reference import Reference, StageOneOptions
 
-    # everything that can be refused is refused before the weights are read
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    if args.backend not in (None, "torch"):
+        raise NuwaError(f"--backend {args.backend} runs an export directory; export first: nuwa-export --model {args.model} --out DIR")
     info = inspect_checkpoint(args.model)
     image = load_image(pick_image(args, info.path))
     budgets = resolve_budgets(
@@ -37,18 +84,61 @@ def run_torch(args: argparse.Namespace):
         args.stage_two_layer, prune=not args.no_prune,
     )
     spec = stage_one_spec(budgets, info.grid, args.per_region, args.distance, args.percentile)
-    options = StageOneOptions(spec.per_region, spec.distance, spec.percentile)
     loaded = load(info, dtype=args.dtype, device=args.device)
-    ref = Reference(loaded, budgets, options)
-    streamer = _Streamer(loaded.tokenizer) if args.stream and not args.json else None
-    result = ref.generate(image, args.prompt, sampling, on_token=streamer)
-    if not args.json:
-        if streamer:
-            streamer.finish()
-        else:
-            print(result.text)
-        print_summary(result, loaded.model_id, "torch")
+    return Reference(loaded, budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile)), image, info.model_id, "torch"
+
+
+def run(args: argparse.Namespace):
+    """Run one question and print it (text, or one JSON object with ``--json``)."""
+    from nuwa_export.eval import grounding
+
+    if args.draw and not args.ground:
+        raise NuwaError("--draw needs --ground PHRASE")
+    if not args.prompt and not args.ground:
+        raise NuwaError("give --prompt TEXT or --ground PHRASE")
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    prompt = grounding.question(args.ground) if args.ground else args.prompt
+    runner, image, model_id, backend = build_runner(args)
+    streamer = _Streamer(runner.tokenizer if hasattr(runner, "tokenizer") else runner.loaded.tokenizer) if args.stream and not args.json else None
+    try:
+        result = runner.generate(image, prompt, sampling, on_token=streamer)
+    finally:
+        if hasattr(runner, "close"):
+            runner.close()
+    record = result.to_json()
+    if args.ground:
+        record.update(_ground(args, image, result.text, runner))
+    if args.json:
+        print(json.dumps(record))
+        return result
+    if streamer:
+        streamer.finish()
+    else:
+        print(result.text)
+    if args.ground:
+        px = record["box_pixels"]
+        print(f"box: {', '.join(f'{v:.0f}' for v in px)} (x1, y1, x2, y2 pixels of {image.width}x{image.height})" if px else "box: none in the answer")
+    print_summary(result, model_id, backend)
     return result
+
+
+def _ground(args, image, text: str, runner) -> dict:
+    from nuwa_export.eval import grounding
+
+    cfg = runner.image_config if hasattr(runner, "image_config") else runner.loaded.image_config
+    box = grounding.parse_box(text)
+    out = {"ground": args.ground, "box": list(box) if box else None, "box_pixels": None}
+    if box is None:
+        print("nuwa-run: warning: the answer has no [x1, y1, x2, y2] box", file=sys.stderr)
+        if args.draw:
+            print(f"nuwa-run: warning: nothing drawn, {args.draw} not written", file=sys.stderr)
+        return out
+    px = grounding.to_pixels(box, image.width, image.height, cfg)
+    out["box_pixels"] = list(px)
+    if args.draw:
+        grounding.draw(image, px, args.draw, args.ground)
+        out["drawn"] = str(args.draw)
+    return out
 
 
 class _Streamer:

@@ -40,8 +40,8 @@ class TokenPicker:
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def __call__(self, logits: torch.Tensor) -> int:
-        """``logits [V]`` float → token id."""
-        logits = logits.detach().float().cpu()
+        """``logits [V]`` float (torch or NumPy) → token id."""
+        logits = torch.as_tensor(logits).detach().float().cpu()
         if self.cfg.greedy:
             return int(torch.argmax(logits))
         probs = torch.softmax(logits / self.cfg.temperature, dim=-1)

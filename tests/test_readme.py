@@ -32,5 +32,5 @@ def test_readme_demo_command(tmp_path):
     proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip(), "an answer is printed"
-    for stage in ("vision", "stage_one", "prefix", "stage_two", "suffix", "time_to_first_token"):
+    for stage in ("vision", "prefix", "stage_two", "suffix", "time_to_first_token"):
         assert stage in proc.stderr

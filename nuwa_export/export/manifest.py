@@ -58,6 +58,19 @@ class BudgetInfo:
 
 
 @dataclass(frozen=True)
+class LlmInfo:
+    num_layers: int
+    hidden_size: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+    image_token_id: int
+    eos_token_ids: list[int]
+    dtype: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     nuwa_export_version: str
@@ -65,10 +78,12 @@ class Manifest:
     budgets: BudgetInfo
     grid: list[int]
     num_patches: int
+    llm: LlmInfo
     preprocessing: dict[str, typing.Any]
     opset: int
     versions: dict[str, str]
     graphs: dict[str, GraphSpec]
+    engine_profiles: dict[str, list[dict[str, list]]]  # graph → profiles → input → [min, opt, max]
     files: dict[str, FileEntry]
     validation: dict[str, typing.Any]
 

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from nuwa_export import __version__
@@ -17,6 +18,12 @@ from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 
 VISION_FILE, VISION_PLUGIN_FILE = "vision.onnx", "vision.plugin.onnx"
+PREFIX_FILE, SUFFIX_FILE = "llm_prefix.onnx", "llm_suffix.onnx"
+TRTEXEC_FILE = "trtexec.sh"
+#: Graphs whose weights pass this many bytes are saved with external data (protobuf's 2 GiB cap).
+EXTERNAL_DATA_BYTES = 1_800_000_000
+#: What export validation generates and compares, token for token.
+VALIDATION_PROMPT, VALIDATION_TOKENS = "What is in the picture?", 8
 
 
 class Steps:
@@ -95,9 +102,9 @@ def export(
     import onnx
 
     from nuwa_export.export import ops
-    from nuwa_export.export.validate import validate_vision
+    from nuwa_export.export.llm import export_prefix, export_suffix
     from nuwa_export.export.vision import VisionGraph, stage_one_spec, trace
-    from nuwa_export.models.loader import inspect_checkpoint, load, weight_files
+    from nuwa_export.models.loader import inspect_checkpoint, load
     from nuwa_export.pruning import resolve_budgets
     from nuwa_export.reference import Reference, StageOneOptions
 
@@ -116,32 +123,22 @@ def export(
     with atomic_dir(out, force=force) as tmp:
         with steps(f"trace vision tower + stage one (K1={budgets.k1})"), _quiet_exporter():
             vision, plugin = trace(VisionGraph(parts, budgets, spec), parts.image_size)
-        with steps("write and check graphs"):
             onnx.save(vision, tmp / VISION_FILE)
             onnx.save(plugin, tmp / VISION_PLUGIN_FILE)
+        with steps(f"trace LLM layers [0, {budgets.layer}) and [{budgets.layer}, {budgets.num_layers}) with explicit KV"), _quiet_exporter():
+            big = _layer_bytes(parts) > EXTERNAL_DATA_BYTES
+            export_prefix(parts, budgets.layer, budgets.k1, tmp / PREFIX_FILE, external=big)
+            export_suffix(parts, budgets.layer, tmp / SUFFIX_FILE, external=big)
+        with steps("write embeddings, tokenizer, preprocessing; check graphs"):
+            _write_assets(loaded, tmp)
             ops.register_schema()
-            for f in (VISION_FILE, VISION_PLUGIN_FILE):
+            for f in (VISION_FILE, VISION_PLUGIN_FILE, PREFIX_FILE, SUFFIX_FILE):
                 onnx.checker.check_model(str(tmp / f), full_check=True)
+        with steps("hash weights and write manifest and trtexec.sh"):
+            manifest = _manifest(loaded, budgets, spec, tmp, validation={})
         with steps("validate against the PyTorch reference (ONNX Runtime, CPU)"):
-            validation = {"vision": validate_vision(tmp / VISION_FILE, reference)}
-        with steps("hash weights and write manifest"):
-            manifest = mf.Manifest(
-                schema_version=MANIFEST_SCHEMA_VERSION,
-                nuwa_export_version=__version__,
-                model=mf.ModelInfo(loaded.model_id, {p.name: mf.sha256_file(p) for p in weight_files(loaded.path)}),
-                budgets=mf.BudgetInfo(
-                    budgets.keep, budgets.k1, budgets.k2, budgets.layer, budgets.num_layers, budgets.prune,
-                    spec.per_region, spec.distance, spec.percentile,
-                ),
-                grid=list(parts.grid),
-                num_patches=parts.num_patches,
-                preprocessing=loaded.image_config.as_dict(),
-                opset=OPSET,
-                versions=_versions(),
-                graphs={"vision": _graph_spec(vision, VISION_FILE), "vision_plugin": _graph_spec(plugin, VISION_PLUGIN_FILE)},
-                files=mf.file_entries(tmp, [VISION_FILE, VISION_PLUGIN_FILE]),
-                validation=validation,
-            )
+            validation = _validate(tmp, reference)
+            manifest = replace(manifest, validation=validation)
             (tmp / mf.FILENAME).write_text(manifest.to_json())
     _summary(steps, manifest, out)
     return manifest
@@ -158,12 +155,108 @@ def _summary(steps: Steps, manifest: mf.Manifest, out: Path) -> None:
     for name, entry in manifest.files.items():
         table.add_row(name, f"{entry.size / 2**20:.1f}", entry.sha256[:16])
     steps.console.print(table)
-    err = manifest.validation["vision"]["image_tokens"]["max_abs"]
+    v = manifest.validation
+    logits = next(c for c in v["pipeline"]["checks"] if c["stage"] == "first logits")
     steps.console.print(
         f"budgets: keep {b.keep}, K1 {b.stage_one_keep}, K2 {b.stage_two_keep} from layer {b.stage_two_layer} "
-        f"({manifest.num_patches} patches); vision validated at batch {manifest.validation['vision']['batch']}, "
-        f"max abs error {err:.2g}"
+        f"({manifest.num_patches} patches). Validated in ONNX Runtime: vision at batch {v['vision']['batch']} "
+        f"(max abs error {v['vision']['image_tokens']['max_abs']:.2g}), indices identical, first logits max abs error "
+        f"{logits['max_abs']:.2g}, {VALIDATION_TOKENS} greedy tokens identical."
     )
+
+
+def _layer_bytes(parts) -> int:
+    return sum(p.numel() * 4 for p in parts.lm.layers.parameters())
+
+
+def _write_assets(loaded, tmp: Path) -> None:
+    """Embedding table (safetensors), tokenizer, processor config and chat template."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from nuwa_export.runtime.pipeline import EMBEDDINGS_FILE, TOKENIZER_DIR
+
+    table = loaded.parts.lm.embed_tokens.weight.detach().float().cpu().numpy()
+    save_file({"embed_tokens": table}, str(tmp / EMBEDDINGS_FILE), metadata={"format": "nuwa-export"})
+    loaded.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+    for name in ("preprocessor_config.json", "chat_template.json", "chat_template.jinja"):
+        if (loaded.path / name).is_file():
+            shutil.copyfile(loaded.path / name, tmp / name)
+
+
+def _manifest(loaded, budgets, spec, tmp: Path, validation: dict) -> mf.Manifest:
+    import onnx
+
+    from nuwa_export.export.llm import LlmShapes
+    from nuwa_export.export.profiles import llm_profiles, vision_profiles
+    from nuwa_export.export.trtexec import script
+    from nuwa_export.models.loader import weight_files
+
+    parts = loaded.parts
+    shapes = LlmShapes.of(parts)
+    tc = parts.config.text_config
+    eos = loaded.model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [loaded.tokenizer.eos_token_id])
+    graphs = {
+        name: _graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
+        for name, f in (("vision", VISION_FILE), ("vision_plugin", VISION_PLUGIN_FILE), ("llm_prefix", PREFIX_FILE), ("llm_suffix", SUFFIX_FILE))
+    }
+    common = dict(kv_heads=shapes.kv_heads, head_dim=shapes.head_dim, hidden=shapes.hidden, max_positions=tc.max_position_embeddings)
+    profiles = {
+        "vision": vision_profiles(parts.image_size),
+        "vision_plugin": vision_profiles(parts.image_size),
+        "llm_prefix": llm_profiles("prefix", layers=range(budgets.layer), vision_tokens=budgets.k1, **common),
+        "llm_suffix": llm_profiles("suffix", layers=range(budgets.layer, budgets.num_layers), vision_tokens=budgets.k2, **common),
+    }
+    manifest = mf.Manifest(
+        schema_version=MANIFEST_SCHEMA_VERSION,
+        nuwa_export_version=__version__,
+        model=mf.ModelInfo(loaded.model_id, {p.name: mf.sha256_file(p) for p in weight_files(loaded.path)}),
+        budgets=mf.BudgetInfo(
+            budgets.keep, budgets.k1, budgets.k2, budgets.layer, budgets.num_layers, budgets.prune,
+            spec.per_region, spec.distance, spec.percentile,
+        ),
+        grid=list(parts.grid),
+        num_patches=parts.num_patches,
+        llm=mf.LlmInfo(
+            budgets.num_layers, shapes.hidden, shapes.kv_heads, shapes.head_dim, shapes.vocab,
+            tc.max_position_embeddings, loaded.image_token_id, [int(e) for e in eos], "float32",
+        ),
+        preprocessing=loaded.image_config.as_dict(),
+        opset=OPSET,
+        versions=_versions(),
+        graphs=graphs,
+        engine_profiles=profiles,
+        files={},
+        validation=validation,
+    )
+    (tmp / TRTEXEC_FILE).write_text(script(manifest))
+    (tmp / TRTEXEC_FILE).chmod(0o755)
+    names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != mf.FILENAME)
+    manifest = replace(manifest, files=mf.file_entries(tmp, names))
+    (tmp / mf.FILENAME).write_text(manifest.to_json())
+    return manifest
+
+
+def _validate(tmp: Path, reference) -> dict:
+    """ORT vision at an untraced batch, then the whole pipeline stage by stage, vs the reference."""
+    from nuwa_export.export.validate import validate_vision
+    from nuwa_export.models.demo import example_picture
+    from nuwa_export.runtime.pipeline import Pipeline
+    from nuwa_export.verify import compare
+
+    result = {"vision": validate_vision(tmp / VISION_FILE, reference)}
+    pipeline = Pipeline(tmp, "ort", device="cpu")
+    try:
+        checks = compare(pipeline, reference, example_picture(), VALIDATION_PROMPT, VALIDATION_TOKENS)
+    finally:
+        pipeline.close()
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise NuwaError(f"validation failed: {failed[0].stage} ({failed[0].detail}) for the ONNX Runtime pipeline")
+    result["pipeline"] = {"backend": "ort", "prompt": VALIDATION_PROMPT, "checks": [c.as_dict() for c in checks]}
+    return result
 
 
 def export_cli(args: argparse.Namespace) -> int:

@@ -102,8 +102,7 @@ class LlavaParts:
             raise NuwaError("vision_feature_layer must select the output of an encoder layer")
         self.sim_start = math.ceil(2 * self.num_vision_layers / 3)
         self.num_layers = model.config.text_config.num_hidden_layers
-        params = inspect.signature(type(self.lm.layers[0]).forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_keyword(self.lm.layers[0])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -132,52 +131,77 @@ class LlavaParts:
         """
         if start >= end:
             return hidden
-        position_embeddings = self.lm.rotary_emb(hidden, position_ids=position_ids)
         mask = self._causal_mask(hidden, cache.length(start))
-        for layer in self.lm.layers[start:end]:
-            hidden = layer(
-                hidden,
-                attention_mask=mask,
-                position_ids=position_ids,
-                position_embeddings=position_embeddings,
-                use_cache=True,
-                **{self._cache_kw: cache},
-            )
-        return hidden
+        return decoder_stack(self.lm.layers[start:end], self.lm.rotary_emb, hidden, position_ids, cache, mask, self._cache_kw)
 
     def _causal_mask(self, hidden: torch.Tensor, past: int) -> torch.Tensor | None:
         q = hidden.shape[1]
         if q == 1 or (past == 0 and self.config.text_config._attn_implementation == "sdpa"):
             return None  # one query sees everything; sdpa applies is_causal itself
-        allowed = torch.ones(q, past + q, dtype=torch.bool, device=hidden.device).tril(diagonal=past)
-        mask = torch.zeros(q, past + q, dtype=hidden.dtype, device=hidden.device)
-        return mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)[None, None]
+        return causal_mask(q, past, hidden.dtype, hidden.device)
 
     def last_token_attention(
         self, layer_idx: int, layer_input: torch.Tensor, position_ids: torch.Tensor, cache: KVCache
     ) -> torch.Tensor:
-        """Head-mean softmax attention of the last position at ``layer_idx`` over all keys.
-
-        Call after the layer ran on the prefill, so its cache holds every key.
-        Args:
-            layer_input: ``[B, T, D]`` the layer's input hidden states.
-            position_ids: ``[B, T]``.
-        Returns:
-            ``[B, T]`` float32.
-        """
-        layer = self.lm.layers[layer_idx]
-        attn = layer.self_attn
-        last = layer.input_layernorm(layer_input[:, -1:])
-        q = attn.q_proj(last).view(last.shape[0], 1, -1, attn.head_dim).transpose(1, 2)
-        cos, sin = self.lm.rotary_emb(last, position_ids=position_ids[:, -1:])
-        q = q * cos[:, None] + _rotate_half(q) * sin[:, None]
-        keys = cache.keys[layer_idx].repeat_interleave(attn.num_key_value_groups, dim=1)
-        scores = (q.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [B, H, 1, T]
-        return scores.softmax(dim=-1).mean(dim=1)[:, 0]
+        """See :func:`last_token_attention`."""
+        return last_token_attention(self.lm.layers[layer_idx], self.lm.rotary_emb, layer_input, position_ids, cache.keys[layer_idx])
 
     def logits(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """Final norm and lm_head: ``[B, 1, D]`` → ``[B, V]`` float32."""
         return self.lm_head(self.lm.norm(hidden_last))[:, -1].float()
+
+
+def cache_keyword(layer: nn.Module) -> str:
+    """``cache`` (transformers ≥ 5.2x) or ``past_key_values`` (older 5.x) for decoder layers."""
+    params = inspect.signature(type(layer).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def causal_mask(q: int | torch.Tensor, past: int | torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive ``[1, 1, q, past + q]`` mask: query ``i`` sees keys ``0 .. past + i``.
+
+    Built from comparisons of ``arange`` so it traces with symbolic ``q`` and ``past``.
+    """
+    rows = torch.arange(q, device=device)[:, None] + past
+    cols = torch.arange(past + q, device=device)[None, :]
+    blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+    return torch.where(cols <= rows, torch.zeros((), dtype=dtype, device=device), blocked)[None, None]
+
+
+def decoder_stack(layers, rotary: nn.Module, hidden, position_ids, cache: KVCache, mask, cache_kw: str):
+    """Run HF decoder ``layers`` in order, each attending over its own entry of ``cache``."""
+    position_embeddings = rotary(hidden, position_ids=position_ids)
+    for layer in layers:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+            use_cache=True,
+            **{cache_kw: cache},
+        )
+    return hidden
+
+
+def last_token_attention(layer: nn.Module, rotary: nn.Module, layer_input, position_ids, keys) -> torch.Tensor:
+    """Head-mean softmax attention of the last position in ``layer`` over all its keys.
+
+    Call after the layer ran on the prefill, so ``keys`` (its cache) hold every position.
+    Args:
+        layer_input: ``[B, T, D]`` the layer's input hidden states.
+        position_ids: ``[B, T]``.
+        keys: ``[B, kv_heads, T_all, head_dim]`` the layer's cached (rotated) keys.
+    Returns:
+        ``[B, T_all]`` float32.
+    """
+    attn = layer.self_attn
+    last = layer.input_layernorm(layer_input[:, -1:])
+    q = attn.q_proj(last).view(last.shape[0], 1, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = rotary(last, position_ids=position_ids[:, -1:])
+    q = q * cos[:, None] + _rotate_half(q) * sin[:, None]
+    keys = keys.repeat_interleave(attn.num_key_value_groups, dim=1)
+    scores = (q.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [B, H, 1, T]
+    return scores.softmax(dim=-1).mean(dim=1)[:, 0]
 
 
 def vision_signals(vision: nn.Module, pixel_values: torch.Tensor, feature_index: int, sim_start: int) -> VisionSignals:

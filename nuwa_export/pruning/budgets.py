@@ -65,8 +65,8 @@ def resolve_budgets(
     Defaults: ``keep`` = :func:`default_keep`, (K1, K2) = :func:`budgets`, ``L = N // 2``.
     Explicit ``k1`` / ``k2`` override the split of ``keep``.
     """
-    if not prune:
-        return Budgets(num_patches, num_patches, num_patches, num_layers, num_patches, num_layers, False)
+    if not prune:  # every patch everywhere; the LLM is still split at N/2 for export
+        return Budgets(num_patches, num_patches, num_patches, num_layers // 2, num_patches, num_layers, False)
     if keep is None:
         keep = default_keep(num_patches)
     if keep < 1:

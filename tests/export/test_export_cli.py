@@ -71,11 +71,12 @@ def test_failure_keeps_the_previous_export(demo_dir, demo_export, tmp_path, monk
 
     out = tmp_path / "exp"
     shutil.copytree(demo_export, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    snapshot = lambda: {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    before = snapshot()
     monkeypatch.setattr(validate, "validate_vision", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         pipeline.export(str(demo_dir), out, force=True, progress=False)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert snapshot() == before
     assert not _leftovers(tmp_path, "exp")
 
 

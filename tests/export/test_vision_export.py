@@ -25,7 +25,8 @@ def _swarm_nodes(model):
 
 def test_export_directory(demo_export):
     m = mf.read(demo_export)
-    assert sorted(m.files) == ["vision.onnx", "vision.plugin.onnx"]
+    assert {"vision.onnx", "vision.plugin.onnx", "llm_prefix.onnx", "llm_suffix.onnx", "embeddings.safetensors",
+            "tokenizer/tokenizer.json", "preprocessor_config.json", "trtexec.sh"} <= set(m.files)
     assert (m.budgets.keep, m.budgets.stage_one_keep, m.budgets.stage_two_keep, m.budgets.stage_two_layer) == (28, 49, 7, 2)
     assert m.grid == [16, 16] and m.num_patches == 256 and m.preprocessing["pad"] == "square-mean"
     v = m.graphs["vision"]
@@ -144,5 +145,5 @@ def test_export_without_pruning(demo_dir, tmp_path):
 
 def test_export_is_deterministic(demo_dir, demo_export, tmp_path):
     export(str(demo_dir), tmp_path / "again", progress=False)
-    for name in ("vision.onnx", "vision.plugin.onnx"):
-        assert (tmp_path / "again" / name).read_bytes() == (demo_export / name).read_bytes()
+    first, again = mf.read(demo_export), mf.read(tmp_path / "again")
+    assert again.files == first.files  # every file, byte for byte (sha256)

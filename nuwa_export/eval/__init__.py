@@ -1,0 +1,1 @@
+"""Grounding boxes and evaluation helpers."""

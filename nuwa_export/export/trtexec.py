@@ -1,0 +1,59 @@
+"""``trtexec.sh``: the trtexec build and timing commands equivalent to each exported graph."""
+
+from __future__ import annotations
+
+import shlex
+
+from nuwa_export import __version__
+from nuwa_export.export.manifest import Manifest
+
+HEADER = """#!/usr/bin/env bash
+# Written by nuwa-export {version} from manifest.json. Builds every graph with trtexec into
+# engines/ and times it, with the shapes recorded in the manifest. Extra arguments go to every
+# trtexec call (e.g. --fp16, --memPoolSize=workspace:4096M). The plugin variant of the vision
+# graph needs the SwarmAggregate plugin library: NUWA_PLUGIN_LIB=/path/libnuwa_trt_plugins.so.
+# Two optimisation profiles (0 prefill, 1 decode) are given by repeating the shape flags.
+set -euo pipefail
+cd "$(dirname "$0")"
+mkdir -p engines
+TRTEXEC="${{TRTEXEC:-trtexec}}"
+PLUGIN_LIB="${{NUWA_PLUGIN_LIB:-libnuwa_trt_plugins.so}}"
+"""
+
+
+def _spec(shapes: dict[str, list[int]]) -> str:
+    return ",".join(f"{name}:{'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
+
+
+def _profile_flags(profiles) -> list[str]:
+    flags = []
+    for prof in profiles:
+        for i, kind in enumerate(("min", "opt", "max")):
+            flags.append(f"--{kind}Shapes={_spec({n: r[i] for n, r in prof.items()})}")
+    return flags
+
+
+def _cmd(args: list[str]) -> str:
+    return " \\\n  ".join(['"$TRTEXEC"', *(a if '"$' in a else shlex.quote(a) for a in args), '"$@"'])
+
+
+def script(m: Manifest) -> str:
+    lines = [HEADER.format(version=__version__)]
+    for graph, spec in sorted(m.graphs.items()):
+        profiles = m.engine_profiles[graph]
+        engine = f"engines/{graph}.plan"
+        build = [f"--onnx={spec.file}", f"--saveEngine={engine}", *_profile_flags(profiles)]
+        if graph.endswith("_plugin"):
+            build.insert(1, '--staticPlugins="$PLUGIN_LIB"')
+        lines.append(f"echo '== {graph}: build'")
+        lines.append(_cmd(build))
+        for i, prof in enumerate(profiles):
+            opt = {n: r[1] for n, r in prof.items()}
+            run = [f"--loadEngine={engine}", f"--shapes={_spec(opt)}", "--dumpProfile", "--separateProfileRun"]
+            if len(profiles) > 1:
+                run.insert(1, f"--profile={i}")
+            if graph.endswith("_plugin"):
+                run.insert(1, '--staticPlugins="$PLUGIN_LIB"')
+            lines.append(f"echo '== {graph}: time profile {i}'")
+            lines.append(_cmd(run))
+    return "\n".join(lines) + "\n"

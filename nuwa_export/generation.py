@@ -1,0 +1,86 @@
+"""What every backend shares: the decode loop, per-stage timings and the result record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nuwa_export.prompt import Prompt
+from nuwa_export.pruning import Budgets
+from nuwa_export.sampling import SamplingConfig, TokenPicker
+
+
+@dataclass
+class GenerationResult:
+    prompt: Prompt
+    generated_ids: list[int]
+    text: str
+    stage_one_indices: list[int]
+    stage_two_indices: list[int] | None  # patch indices that reach layers [L, N); None unpruned
+    budgets: Budgets
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    kv_cache_bytes: int = 0
+    backend: str = "torch"
+
+    def to_json(self) -> dict:
+        return {
+            "backend": self.backend,
+            "input_ids": self.prompt.input_ids,
+            "image_token_id": self.prompt.image_token_id,
+            "generated_ids": self.generated_ids,
+            "text": self.text,
+            "stage_one_indices": self.stage_one_indices,
+            "stage_two_indices": self.stage_two_indices,
+            "budgets": self.budgets.as_dict(),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "kv_cache_bytes": self.kv_cache_bytes,
+        }
+
+
+class Clock:
+    """Per-stage wall-clock timings; ``sync`` is called before each reading (CUDA streams)."""
+
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self.sync = sync
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.sync:
+            self.sync()
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+    def first_token(self) -> None:
+        self.ms["time_to_first_token"] = sum(self.ms.values())
+
+    def finish(self, generated: int) -> None:
+        self.lap("decode")
+        self.ms["decode_per_token"] = self.ms["decode"] / max(1, generated - 1)
+        self.ms["total"] = self.ms["time_to_first_token"] + self.ms["decode"]
+
+
+def decode_loop(
+    first_logits,
+    step: Callable[[int, int], object],
+    sampling: SamplingConfig,
+    eos: set[int],
+    on_token: Callable[[int], None] | None = None,
+) -> list[int]:
+    """Pick tokens until EOS or ``max_new_tokens``; ``step(token, i)`` returns the next logits.
+
+    ``logits`` are anything :class:`TokenPicker` accepts as ``[V]`` (row 0 of ``[1, V]``).
+    """
+    pick = TokenPicker(sampling)
+    generated: list[int] = []
+    logits = first_logits
+    while True:
+        token = pick(logits[0])
+        generated.append(token)
+        if on_token:
+            on_token(token)
+        if (sampling.stop_at_eos and token in eos) or len(generated) == sampling.max_new_tokens:
+            return generated
+        logits = step(token, len(generated) - 1)

@@ -1,0 +1,65 @@
+"""ONNX Runtime backend: CPU, or CUDA when onnxruntime-gpu and a GPU are present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nuwa_export.errors import NuwaError
+from nuwa_export.export.llm import kv_names
+from nuwa_export.export.manifest import Manifest
+from nuwa_export.runtime.backend import Backend
+
+
+def providers_for(device: str) -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise NuwaError("the ort backend needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise NuwaError("--device cuda needs onnxruntime-gpu with a CUDA GPU: pip install onnxruntime-gpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device != "auto":
+        raise NuwaError(f"unknown --device '{device}' for the ort backend (auto, cpu, cuda)")
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def __init__(self, directory: Path, manifest: Manifest, device: str = "auto") -> None:
+        self.providers = providers_for(device)  # first: names the package when it is missing
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+
+        def session(graph: str):
+            return ort.InferenceSession(str(directory / manifest.graphs[graph].file), opts, providers=self.providers)
+
+        self._vision, self._prefix, self._suffix = session("vision"), session("llm_prefix"), session("llm_suffix")
+        layer, n = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
+        self._prefix_past = kv_names("past", range(layer))
+        self._suffix_past = kv_names("past", range(layer, n))
+        self.device = "cuda" if self.providers[0].startswith("CUDA") else "cpu"
+
+    def vision(self, pixel_values):
+        tokens, idx = self._vision.run(["image_tokens", "patch_indices"], {"pixel_values": pixel_values})
+        return tokens, idx
+
+    def prefix(self, inputs_embeds, position_ids, vision_start, past):
+        feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "vision_start": np.array([vision_start], np.int64)}
+        feeds.update(zip(self._prefix_past, past))
+        out = self._prefix.run(None, feeds)
+        return out[0], out[1:-1], out[-1]
+
+    def suffix(self, hidden, position_ids, past):
+        feeds = {"hidden_states": hidden, "position_ids": position_ids}
+        feeds.update(zip(self._suffix_past, past))
+        out = self._suffix.run(None, feeds)
+        return out[0], out[1:]
