@@ -1,0 +1,74 @@
+// CUDA implementation of the nuwa::SwarmAggregate node (NUWA_SPEC §2, step 3).
+//
+// Inputs (row-major, contiguous, on the device):
+//   features      F [B, N, D]   float32 or float16: patch features to merge
+//   sim           U [B, N, Ds]  same type as F: raw similarity features (L2-normalised here)
+//   indices     idx [B, K]      int64 (or int32): anchor patch indices, ascending, in [0, N)
+//   anchor_scores s [B, K]      same type as F: CLS attention of each anchor
+// Output:
+//   tokens        Z [B, K, D]   same type as F
+//
+// For every batch b and anchor k, with a = idx[b, k], R = sqrt(distance) and t_b the linearly
+// interpolated quantile of s[b, :] at `percentile` (torch.quantile):
+//   A[k, j] = relu(cos(U_a, U_j)) * (1 - min(1, |grid(a) - grid(j)| / R))
+//   pillar anchors (s[b, k] >= t_b) keep only A[k, a]; collectors keep the whole row
+//   W[k, :] = A[k, :] / (sum_j A[k, j] + 1e-8), then W[k, a] = 1
+//   Z[b, k, :] = sum_j W[k, j] F[b, j, :]
+// This is exactly nuwa_export.pruning.stage_one.swarm_weights followed by the merge. All
+// arithmetic is float32 whatever the I/O type. The K x N weights never touch global memory: one
+// thread block per (b, k) keeps its row in shared memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace nuwa
+{
+
+//! Element type of features, sim, anchor_scores and tokens.
+enum class FloatType : int32_t
+{
+    kFLOAT32 = 0,
+    kFLOAT16 = 1,
+};
+
+//! Element type of indices.
+enum class IndexType : int32_t
+{
+    kINT64 = 0,
+    kINT32 = 1,
+};
+
+//! Shapes and attributes of one call.
+struct SwarmAggregateParams
+{
+    int32_t batch;       //!< B
+    int32_t patches;     //!< N (= grid_h * grid_w)
+    int32_t dim;         //!< D, width of features and tokens
+    int32_t sim_dim;     //!< Ds, width of sim
+    int32_t anchors;     //!< K
+    int32_t grid_h;      //!< H
+    int32_t grid_w;      //!< W
+    float distance;      //!< > 0; the distance penalty reaches sqrt(distance) patches
+    float percentile;    //!< in [0, 1]; pillar threshold quantile of anchor_scores
+};
+
+//! Returns nullptr when `p` describes a valid call, otherwise a static message saying why not.
+char const* validateSwarmAggregate(SwarmAggregateParams const& p) noexcept;
+
+//! Bytes of device workspace a call with `batch` images needs (one float threshold per image).
+size_t swarmAggregateWorkspaceSize(int32_t batch) noexcept;
+
+//! Dynamic shared memory one (b, k) block of the fused kernel needs, in bytes.
+size_t swarmAggregateSharedBytes(SwarmAggregateParams const& p) noexcept;
+
+//! Enqueue the computation on `stream`. All pointers are device pointers; `workspace` holds at
+//! least swarmAggregateWorkspaceSize(p.batch) bytes (4-byte aligned). Returns cudaSuccess, or
+//! cudaErrorInvalidValue for invalid parameters (see validateSwarmAggregate), or the launch error.
+//! Out-of-range anchor indices produce a zero output row instead of reading out of bounds.
+cudaError_t launchSwarmAggregate(SwarmAggregateParams const& p, FloatType floatType, IndexType indexType,
+    void const* features, void const* sim, void const* indices, void const* anchorScores, void* tokens,
+    void* workspace, cudaStream_t stream) noexcept;
+
+} // namespace nuwa

@@ -1,0 +1,34 @@
+"""The CUDA kernel agrees with the PyTorch reference (scripts/check_plugin_kernel.py) on a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.gpu
+
+
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver sees (0 without a driver); torch may be a CPU build, so ask the driver."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def test_kernel_matches_the_reference(kernel_library):
+    if cuda_device_count() == 0:
+        pytest.skip("no CUDA GPU (libcuda.so.1 missing or no device): kernel numerics not checked")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_plugin_kernel.py"), "--lib", str(kernel_library)],
+                          capture_output=True, text=True)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
