@@ -68,16 +68,24 @@ def compare(pipeline, reference, image, prompt: str, max_new_tokens: int = 20) -
     return checks
 
 
-def available_backends() -> list[tuple[str, str]]:
-    """(backend, device) pairs this machine can run."""
+def available_backends(directory) -> list[tuple[str, str]]:
+    """(backend, device) pairs this machine can run for the export at ``directory``."""
     out = []
     try:
         import onnxruntime as ort
+
+        out.append(("ort", "cpu"))
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            out.append(("ort", "cuda"))
     except ImportError:
-        return out
-    out.append(("ort", "cpu"))
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        out.append(("ort", "cuda"))
+        pass
+    try:
+        import torch
+
+        if (directory / "engines").is_dir() and torch.cuda.is_available():
+            out.append(("trt", "cuda"))
+    except ImportError:
+        pass
     return out
 
 
@@ -97,7 +105,7 @@ def verify_cli(args) -> int:
     directory = Path(args.export_dir)
     manifest = mf.read(directory)
     image = load_image(args.image) if args.image else example_picture()
-    backends = available_backends()
+    backends = available_backends(directory)
     if not backends:
         raise NuwaError("no backend to verify: pip install onnxruntime (or onnxruntime-gpu)")
     reference = reference_for_export(directory, manifest, device="cpu", dtype="float32")

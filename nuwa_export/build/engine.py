@@ -47,12 +47,61 @@ def parse(trt, onnx_path: Path):
     return builder, network, parser
 
 
-def build_engine(onnx_path: str | Path, profiles: list[Profile], *, builder: str = "tensorrt-rtx") -> bytes:
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"  # fp32 | fp16 | bf16
+    workspace_bytes: int | None = None
+    optimization_level: int | None = None
+    timing_cache: Path | None = None  # read if present, written back (TensorRT; RTX has none)
+
+
+def set_precision(trt, config, precision: str, builder: str) -> None:
+    """fp16 / bf16 through the builder flags where this TensorRT still has them (10.x).
+
+    TensorRT for RTX (and TensorRT 11) build strongly typed networks: the precision is the
+    ONNX graph's own, float32 in our exports, so only ``fp32`` is possible there.
+    """
+    if precision == "fp32":
+        return
+    flag = getattr(trt.BuilderFlag, precision.upper(), None)
+    if flag is None:
+        raise NuwaError(
+            f"{builder} {trt.__version__} builds strongly typed networks only: --precision {precision} needs a "
+            f"{precision} ONNX export, and nuwa-export writes float32 graphs; use --precision fp32"
+        )
+    config.set_flag(flag)
+
+
+def load_plugin_library(path: Path) -> None:
+    """Load the SwarmAggregate plugin library (it registers its creator with TensorRT on load)."""
+    import ctypes
+
+    if not path.is_file():
+        raise NuwaError(f"plugin library not found: {path} (build it with CMake: see docs/plugin.md)")
+    try:
+        ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        raise NuwaError(f"cannot load the plugin library {path}: {e}") from None
+
+
+def build_engine(
+    onnx_path: str | Path, profiles: list[Profile], *, builder: str = "tensorrt-rtx", options: BuildOptions | None = None
+) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine with the given optimisation profiles."""
+    options = options or BuildOptions()
     trt = import_tensorrt(builder)
     onnx_path = Path(onnx_path)
     trt_builder, network, _parser = parse(trt, onnx_path)
     config = trt_builder.create_builder_config()
+    set_precision(trt, config, options.precision, builder)
+    if options.workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    if options.optimization_level is not None:
+        config.builder_optimization_level = options.optimization_level
+    timing_cache = options.timing_cache if builder == "tensorrt" else None  # a no-op in TensorRT for RTX
+    if timing_cache:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     names = {t.name for t in inputs if -1 in tuple(t.shape)}  # static inputs need no profile
     for prof in profiles:
@@ -66,4 +115,6 @@ def build_engine(onnx_path: str | Path, profiles: list[Profile], *, builder: str
     blob = trt_builder.build_serialized_network(network, config)
     if blob is None:
         raise NuwaError(f"TensorRT ({builder}) failed to build an engine from {onnx_path.name}")
+    if timing_cache:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(blob)

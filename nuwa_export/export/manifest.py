@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 import typing
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
@@ -106,6 +107,11 @@ def file_entries(directory: Path, names: list[str]) -> dict[str, FileEntry]:
 def _build(cls, data, where: str):
     """Build ``cls`` from JSON data, refusing unknown and missing keys at every level."""
     origin = typing.get_origin(cls)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(cls) if a is not type(None)]
+        if data is None and len(options) < len(typing.get_args(cls)):
+            return None
+        return _build(options[0], data, where)
     if is_dataclass(cls):
         if not isinstance(data, dict):
             raise NuwaError(f"manifest: {where} should be an object")

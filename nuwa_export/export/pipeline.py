@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import sys
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +14,7 @@ from nuwa_export.atomic import atomic_dir
 from nuwa_export.constants import MANIFEST_SCHEMA_VERSION, OPSET
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
+from nuwa_export.progress import Steps
 
 VISION_FILE, VISION_PLUGIN_FILE = "vision.onnx", "vision.plugin.onnx"
 PREFIX_FILE, SUFFIX_FILE = "llm_prefix.onnx", "llm_suffix.onnx"
@@ -26,26 +25,8 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 VALIDATION_PROMPT, VALIDATION_TOKENS = "What is in the picture?", 8
 
 
-class Steps:
-    """A spinner per export step and a ✓ line with its duration (stderr)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        from rich.console import Console
-
-        self.console = Console(file=sys.stderr, quiet=not enabled)
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        t = time.perf_counter()
-        with self.console.status(name):
-            yield
-        self.times[name] = time.perf_counter() - t
-        self.console.print(f"[green]✓[/] {name} [dim]{self.times[name]:.1f} s[/]")
-
-
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """The dynamo exporter logs and warns a lot about things that do not concern users."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
     levels = [lg.level for lg in loggers]
@@ -121,11 +102,11 @@ def export(
     reference = Reference(loaded, budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile))
 
     with atomic_dir(out, force=force) as tmp:
-        with steps(f"trace vision tower + stage one (K1={budgets.k1})"), _quiet_exporter():
+        with steps(f"trace vision tower + stage one (K1={budgets.k1})"), quiet_exporter():
             vision, plugin = trace(VisionGraph(parts, budgets, spec), parts.image_size)
             onnx.save(vision, tmp / VISION_FILE)
             onnx.save(plugin, tmp / VISION_PLUGIN_FILE)
-        with steps(f"trace LLM layers [0, {budgets.layer}) and [{budgets.layer}, {budgets.num_layers}) with explicit KV"), _quiet_exporter():
+        with steps(f"trace LLM layers [0, {budgets.layer}) and [{budgets.layer}, {budgets.num_layers}) with explicit KV"), quiet_exporter():
             big = _layer_bytes(parts) > EXTERNAL_DATA_BYTES
             export_prefix(parts, budgets.layer, budgets.k1, tmp / PREFIX_FILE, external=big)
             export_suffix(parts, budgets.layer, tmp / SUFFIX_FILE, external=big)

@@ -50,5 +50,7 @@ def make_backend(name: str, directory: Path, manifest: Manifest, device: str = "
 
         return OrtBackend(directory, manifest, device)
     if name == "trt":
-        raise NuwaError("the TensorRT backend is not available in this version of nuwa-export")
+        from nuwa_export.runtime.trt_backend import TrtBackend
+
+        return TrtBackend(directory, manifest, device)
     raise NuwaError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")

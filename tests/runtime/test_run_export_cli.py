@@ -83,7 +83,7 @@ def broken(demo_export, tmp_path):
         ("ok", ["--keep", "8"], "--keep: budgets are fixed when exporting"),
         ("ok", ["--prompt", "word " * 3000], "the model's context is 2048"),
         ("ok", ["--image", "NOTIMAGE"], "cannot read"),
-        ("ok", ["--backend", "trt"], "TensorRT backend"),
+        ("ok", ["--backend", "trt"], "has no engines/; build them first: nuwa-build"),
         ("ok", ["--draw", "x.png"], "--draw needs --ground"),
     ],
 )

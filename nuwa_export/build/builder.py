@@ -1,0 +1,121 @@
+"""``nuwa-build``: one TensorRT engine per exported graph, with a sidecar each, under ``engines/``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nuwa_export import __version__
+from nuwa_export.atomic import atomic_dir
+from nuwa_export.build import sidecar as sc
+from nuwa_export.build.engine import BuildOptions, Profile, build_engine, import_tensorrt, load_plugin_library
+from nuwa_export.build.targets import target
+from nuwa_export.errors import NuwaError
+from nuwa_export.export import manifest as mf
+from nuwa_export.export.manifest import sha256_file
+from nuwa_export.progress import Steps
+
+ENGINES_DIR = "engines"
+TIMING_CACHE = "timing.cache"
+PLUGIN_ENV = "NUWA_PLUGIN_LIB"
+
+
+def graphs_to_build(plugin: bool) -> tuple[str, ...]:
+    return ("vision_plugin" if plugin else "vision", "llm_prefix", "llm_suffix")
+
+
+def plugin_library(explicit: str | Path | None) -> Path | None:
+    """``--plugin-lib``, else ``$NUWA_PLUGIN_LIB``; None when neither is given."""
+    value = explicit or os.environ.get(PLUGIN_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def device_info() -> tuple[str | None, tuple[int, int] | None]:
+    """(name, compute capability) of CUDA device 0, or (None, None) without a GPU."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
+    except Exception:  # a CPU build of torch, or no driver
+        pass
+    return None, None
+
+
+def build(
+    directory: str | Path,
+    *,
+    precision: str | None = None,
+    profile: str = "datacenter",
+    builder: str = "tensorrt",
+    plugin: bool = False,
+    plugin_lib: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, sc.Sidecar]:
+    """Build every engine of the export at ``directory`` into ``directory/engines`` (atomically)."""
+    directory = Path(directory)
+    manifest = mf.read(directory)
+    tgt = target(profile)
+    precision = tgt.check_precision(precision or tgt.default_precision)
+    trt = import_tensorrt(builder)
+    lib = plugin_library(plugin_lib)
+    if plugin:
+        if builder == "tensorrt-rtx":
+            raise NuwaError("--plugin needs full TensorRT: the plugin library links libnvinfer, which TensorRT for RTX does not load")
+        if lib is None:
+            raise NuwaError(f"--plugin needs the plugin library: pass --plugin-lib PATH or set {PLUGIN_ENV} (see docs/plugin.md)")
+        load_plugin_library(lib)
+    name, cc = device_info()
+    if cc is not None and builder == "tensorrt" and cc not in tgt.compute_capabilities:
+        raise NuwaError(f"this GPU ({name}, SM {cc[0]}.{cc[1]}) is not a {profile} device; pick the profile of the GPU you build on")
+    steps = Steps(progress)
+    workspace = tgt.workspace_bytes()
+    out: dict[str, sc.Sidecar] = {}
+    with atomic_dir(directory / ENGINES_DIR, force=True) as tmp:
+        old_cache = directory / ENGINES_DIR / TIMING_CACHE
+        if old_cache.is_file():
+            (tmp / TIMING_CACHE).write_bytes(old_cache.read_bytes())
+        options = BuildOptions(precision, workspace, tgt.optimization_level, tmp / TIMING_CACHE)
+        for graph in graphs_to_build(plugin):
+            spec = manifest.graphs[graph]
+            profiles = manifest.engine_profiles[graph]
+            with steps(f"build {graph} ({builder} {trt.__version__}, {precision}, {len(profiles)} profile{'s' * (len(profiles) > 1)})"):
+                plan = build_engine(
+                    directory / spec.file,
+                    [Profile({k: tuple(tuple(s) for s in v) for k, v in p.items()}) for p in profiles],
+                    builder=builder, options=options,
+                )
+            engine_file = f"{graph}.plan"
+            (tmp / engine_file).write_bytes(plan)
+            uses_plugin = graph == "vision_plugin"
+            out[graph] = sc.Sidecar(
+                schema_version=sc.SCHEMA_VERSION, nuwa_export_version=__version__, graph=graph,
+                onnx_file=spec.file, onnx_sha256=manifest.files[spec.file].sha256,
+                engine_file=engine_file, engine_sha256=sha256_file(tmp / engine_file),
+                builder=builder, builder_version=trt.__version__, device_name=name,
+                compute_capability=list(cc) if cc else None, target=profile, precision=precision,
+                workspace_bytes=workspace, profiles=profiles,
+                plugin_library=lib.name if uses_plugin and lib else None,
+                plugin_library_sha256=sha256_file(lib) if uses_plugin and lib else None,
+            )
+            sc.path_for(tmp, graph).write_text(out[graph].to_json())
+    return out
+
+
+def build_cli(args) -> int:
+    sidecars = build(
+        args.export_dir, precision=args.precision, profile=args.profile, builder=args.builder,
+        plugin=args.plugin, plugin_lib=args.plugin_lib,
+    )
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"nuwa-build → {Path(args.export_dir) / ENGINES_DIR}", title_justify="left")
+    for col in ("engine", "MiB", "builder", "precision", "device", "profiles"):
+        table.add_column(col)
+    for s in sidecars.values():
+        size = (Path(args.export_dir) / ENGINES_DIR / s.engine_file).stat().st_size / 2**20
+        device = s.device_name or "no GPU (built offline)"
+        table.add_row(s.engine_file, f"{size:.1f}", f"{s.builder} {s.builder_version}", s.precision, device, str(len(s.profiles)))
+    Console(stderr=True).print(table)
+    return 0
