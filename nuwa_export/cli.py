@@ -56,6 +56,10 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--ground", metavar="PHRASE", help="ask for the box of PHRASE (LLaVA-1.5 grounding) and print it in pixels")
     p.add_argument("--draw", metavar="OUT.png", help="with --ground: save the image with the box drawn")
     p.add_argument(
+        "--show-tokens", metavar="OUT.png",
+        help="save the image with the patches stage one kept and stage two's survivors drawn (pillars vs collectors with --backend torch)",
+    )
+    p.add_argument(
         "--backend", choices=["ort", "trt", "torch"],
         help="engine backend for an export directory (default ort); torch runs the PyTorch reference",
     )
@@ -106,6 +110,60 @@ def _verify(argv: list[str] | None) -> int:
 
 def verify_main(argv: list[str] | None = None) -> int:
     return _guard("nuwa-verify", _verify, argv)
+
+
+def profile_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nuwa-profile", description="Time an export stage by stage over repeated runs (median, p90), with memory and KV-cache size.")
+    p.add_argument("export_dir", metavar="EXPORT_DIR")
+    p.add_argument("--image", help="image file (default: the demo's example picture, for demo exports)")
+    p.add_argument("--prompt", default="What is in the picture?")
+    p.add_argument("--backend", choices=["ort", "trt", "torch"], default="ort", help="torch runs the PyTorch reference (default ort)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (torch also cuda:N)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="torch backend only")
+    p.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="tokens per run; EOS is ignored (default 16)")
+    p.add_argument("--json", metavar="OUT.json", help="write the full report (every run) as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="draw the stage breakdown (medians, p90 whiskers)")
+    g = p.add_argument_group("TensorRT per-layer profiles")
+    g.add_argument("--trtexec", action="store_true", help="print trtexec per-layer profiling commands for engines/<graph>.plan")
+    g.add_argument("--run", action="store_true", help="with --trtexec: run them (needs trtexec on PATH or $TRTEXEC)")
+    p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
+    return p
+
+
+def _profile(argv: list[str] | None) -> int:
+    args = profile_parser().parse_args(argv)
+    from nuwa_export.profile import profile_cli
+
+    return profile_cli(args)
+
+
+def profile_main(argv: list[str] | None = None) -> int:
+    return _guard("nuwa-profile", _profile, argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nuwa-build", description="Build TensorRT engines (one per graph, with sidecars) for an export directory.")
+    p.add_argument("export_dir", metavar="EXPORT_DIR")
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: the profile's (fp16)")
+    p.add_argument("--profile", choices=["orin", "thor", "datacenter"], default="datacenter", help="target device family")
+    p.add_argument("--builder", choices=["tensorrt", "tensorrt-rtx"], default="tensorrt", help="TensorRT Python module to build with")
+    p.add_argument("--plugin", action="store_true", help="build vision.plugin.onnx with the SwarmAggregate plugin")
+    p.add_argument("--plugin-lib", metavar="PATH", help="libnuwa_trt_plugins.so (default: $NUWA_PLUGIN_LIB)")
+    p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
+    return p
+
+
+def _build(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from nuwa_export.build.builder import build_cli
+
+    return build_cli(args)
+
+
+def build_main(argv: list[str] | None = None) -> int:
+    return _guard("nuwa-build", _build, argv)
 
 
 def export_parser() -> argparse.ArgumentParser:

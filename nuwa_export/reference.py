@@ -18,8 +18,8 @@ from nuwa_export.generation import Clock, GenerationResult, decode_loop
 from nuwa_export.image import load_image, preprocess
 from nuwa_export.models.llava import KVCache
 from nuwa_export.models.loader import LoadedModel
-from nuwa_export.prompt import Prompt, build_prompt
-from nuwa_export.pruning import Budgets, decode_position, position_ids, stage_one, stage_two
+from nuwa_export.prompt import Prompt, build_prompt, check_context
+from nuwa_export.pruning import Budgets, decode_position, pillar_mask, position_ids, stage_one, stage_two
 from nuwa_export.sampling import SamplingConfig
 
 
@@ -34,10 +34,15 @@ class StageOneOptions:
 
 @dataclass
 class VisionOutput:
-    """``tokens [B, K1, D_llm]`` projected; ``indices [B, K1]`` int64 ascending patch indices."""
+    """``tokens [B, K1, D_llm]`` projected; ``indices [B, K1]`` int64 ascending patch indices.
+
+    ``pillars [B, K1]`` bool marks the stage-one anchors that are pillars (anchor score at or
+    above the ``percentile`` quantile, NUWA_SPEC §2.3); None when pruning is off.
+    """
 
     tokens: torch.Tensor
     indices: torch.Tensor
+    pillars: torch.Tensor | None = None
 
 
 @dataclass
@@ -82,13 +87,14 @@ class Reference:
                 signals.features, signals.sim, signals.cls_attention, self.parts.grid, b.k1,
                 per_region=o.per_region, distance=o.distance, percentile=o.percentile,
             )
+            pillars = pillar_mask(signals.cls_attention.float().gather(1, indices), o.percentile)
         else:
-            merged = signals.features
+            merged, pillars = signals.features, None
             indices = torch.arange(b.num_patches, device=merged.device).expand(merged.shape[0], -1)
         clock.lap("stage_one")
         tokens = self.parts.projector(merged)
         clock.lap("projector")
-        return VisionOutput(tokens, indices)
+        return VisionOutput(tokens, indices, pillars)
 
     @torch.inference_mode()
     def prefill(self, vision: VisionOutput, prompt: Prompt, clock: Clock | None = None) -> PrefillOutput:
@@ -127,15 +133,6 @@ class Reference:
         return p.logits(p.run_layers(hidden, pos, cache, 0, p.num_layers))
 
     # ---- the whole job ----------------------------------------------------------------------
-    def check_context(self, prompt: Prompt, max_new_tokens: int) -> None:
-        limit = self.parts.config.text_config.max_position_embeddings
-        need = len(prompt.before) + self.budgets.num_patches + len(prompt.after) + max_new_tokens
-        if need > limit:
-            raise NuwaError(
-                f"prompt ({len(prompt.input_ids) - 1} tokens + {self.budgets.num_patches} image positions) plus "
-                f"{max_new_tokens} new tokens needs {need} positions; the model's context is {limit}"
-            )
-
     def generate(
         self,
         image,
@@ -147,7 +144,7 @@ class Reference:
         sampling = sampling or SamplingConfig()
         tok = self.loaded.tokenizer
         prompt_ids = build_prompt(tok, prompt, self.loaded.image_token_id)
-        self.check_context(prompt_ids, sampling.max_new_tokens)
+        check_context(prompt_ids, self.budgets.num_patches, sampling.max_new_tokens, self.parts.config.text_config.max_position_embeddings)
         clock = self._clock()
         pixels = self.pixel_values(image)
         clock.lap("preprocess")

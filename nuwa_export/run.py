@@ -94,6 +94,10 @@ def run(args: argparse.Namespace):
 
     if args.draw and not args.ground:
         raise NuwaError("--draw needs --ground PHRASE")
+    if getattr(args, "show_tokens", None):
+        from nuwa_export.overlay import check_output
+
+        check_output(args.show_tokens)
     if not args.prompt and not args.ground:
         raise NuwaError("give --prompt TEXT or --ground PHRASE")
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
@@ -108,6 +112,8 @@ def run(args: argparse.Namespace):
     record = result.to_json()
     if args.ground:
         record.update(_ground(args, image, result.text, runner))
+    if getattr(args, "show_tokens", None):
+        record["tokens_drawn"] = str(show_tokens(args.show_tokens, image, result, runner))
     if args.json:
         print(json.dumps(record))
         return result
@@ -119,7 +125,31 @@ def run(args: argparse.Namespace):
         px = record["box_pixels"]
         print(f"box: {', '.join(f'{v:.0f}' for v in px)} (x1, y1, x2, y2 pixels of {image.width}x{image.height})" if px else "box: none in the answer")
     print_summary(result, model_id, backend)
+    if "tokens_drawn" in record:
+        print(f"kept tokens drawn: {record['tokens_drawn']}", file=sys.stderr)
     return result
+
+
+def show_tokens(path, image, result, runner) -> Path:
+    """``--show-tokens``: draw stage one's anchors and stage two's survivors on ``image``.
+
+    Pillars and collectors are told apart only with the PyTorch reference, whose vision stage
+    keeps the pillar mask (run again here, deterministically); the ONNX graphs return indices only.
+    """
+    from nuwa_export.overlay import draw_tokens
+
+    pillars = None
+    if hasattr(runner, "loaded"):  # the PyTorch reference
+        cfg, grid = runner.loaded.image_config, tuple(runner.parts.grid)
+        vision = runner.vision(runner.pixel_values(image))
+        if vision.pillars is not None and vision.indices[0].tolist() == result.stage_one_indices:
+            pillars = vision.pillars[0].tolist()
+    else:
+        cfg, grid = runner.image_config, tuple(runner.manifest.grid)
+    b = result.budgets
+    return draw_tokens(
+        image, path, grid, cfg, result.stage_one_indices, result.stage_two_indices, pillars, b.layer if b.prune else None
+    )
 
 
 def _ground(args, image, text: str, runner) -> dict:

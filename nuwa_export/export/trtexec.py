@@ -57,3 +57,40 @@ def script(m: Manifest) -> str:
             lines.append(f"echo '== {graph}: time profile {i}'")
             lines.append(_cmd(run))
     return "\n".join(lines) + "\n"
+
+
+#: trtexec flags for a per-layer profile: timings per layer and the engine's layer information.
+PROFILING_FLAGS = ("--dumpProfile", "--dumpLayerInfo", "--profilingVerbosity=detailed", "--separateProfileRun")
+#: What the LLM graphs' two engine profiles are (``export/profiles.py``): 0 prefill, 1 decode.
+PROFILE_NAMES = ("prefill", "decode")
+
+
+def profiling_commands(m: Manifest, plugin_lib: str, out_dir: str = "profiles") -> list[tuple[str, list[str]]]:
+    """Per-layer trtexec profiling runs for every graph and engine profile of ``m``.
+
+    Returns ``(stem, argv)`` pairs, ``argv`` without the trtexec executable, with paths
+    relative to the export directory: engines are loaded from ``engines/<graph>.plan`` and
+    results go to ``<out_dir>/<stem>.profile.json`` and ``<out_dir>/<stem>.layers.json``, where
+    ``stem`` is the graph name, or ``<graph>.prefill`` / ``<graph>.decode`` for the LLM graphs.
+    Shapes are each profile's ``opt`` shapes from the manifest. The engines must have been built
+    with the same profiles (``trtexec.sh`` or ``nuwa-build``); the plugin variant loads
+    ``plugin_lib``.
+    """
+    out = []
+    for graph, _ in sorted(m.graphs.items()):
+        profiles = m.engine_profiles[graph]
+        for i, prof in enumerate(profiles):
+            stem = graph if len(profiles) == 1 else f"{graph}.{PROFILE_NAMES[i] if i < len(PROFILE_NAMES) else i}"
+            argv = [f"--loadEngine=engines/{graph}.plan"]
+            if graph.endswith("_plugin"):
+                argv.append(f"--staticPlugins={plugin_lib}")
+            if len(profiles) > 1:
+                argv.append(f"--profile={i}")
+            argv += [
+                f"--shapes={_spec({n: r[1] for n, r in prof.items()})}",
+                *PROFILING_FLAGS,
+                f"--exportProfile={out_dir}/{stem}.profile.json",
+                f"--exportLayerInfo={out_dir}/{stem}.layers.json",
+            ]
+            out.append((stem, argv))
+    return out

@@ -126,13 +126,23 @@ def swarm_weights(
     penalty = 1.0 - torch.clamp(dist / math.sqrt(distance), max=1.0)
     weights = affinity * penalty
 
-    scores = anchor_scores.float()
-    threshold = torch.quantile(scores, percentile, dim=1, keepdim=True, interpolation="linear")
-    pillar = scores >= threshold
+    pillar = pillar_mask(anchor_scores, percentile)
     is_self = patch[None, None, :] == indices[..., None]  # [B, K, N]
     weights = torch.where(pillar[..., None] & ~is_self, torch.zeros_like(weights), weights)
     weights = weights / (weights.sum(dim=-1, keepdim=True) + ROW_EPS)
     return torch.where(is_self, torch.ones_like(weights), weights)
+
+
+def pillar_mask(anchor_scores: torch.Tensor, percentile: float = 0.55) -> torch.Tensor:
+    """Pillars: anchors whose score is at or above the ``percentile`` quantile (linear).
+
+    Args:
+        anchor_scores: ``[B, K]`` float, the anchors' CLS attention.
+    Returns:
+        ``[B, K]`` bool.
+    """
+    scores = anchor_scores.float()
+    return scores >= torch.quantile(scores, percentile, dim=1, keepdim=True, interpolation="linear")
 
 
 def stage_one(
