@@ -41,3 +41,13 @@ def build_prompt(tokenizer, text: str, image_token_id: int) -> Prompt:
         raise NuwaError(f"no image placeholder possible: the tokenized prompt has {len(slots)} image tokens, expected 1")
     at = slots[0]
     return Prompt(tuple(ids[:at]), tuple(ids[at + 1 :]), image_token_id)
+
+
+def check_context(prompt: Prompt, num_patches: int, max_new_tokens: int, limit: int) -> None:
+    """Positions run to ``b + num_patches + c + max_new_tokens`` whatever is pruned: refuse past ``limit``."""
+    need = len(prompt.before) + num_patches + len(prompt.after) + max_new_tokens
+    if need > limit:
+        raise NuwaError(
+            f"prompt ({len(prompt.before) + len(prompt.after)} tokens + {num_patches} image positions) plus "
+            f"{max_new_tokens} new tokens needs {need} positions; the model's context is {limit}"
+        )

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 from nuwa_export.generation import Clock, GenerationResult, decode_loop
 from nuwa_export.image import ImageConfig, load_image, preprocess
-from nuwa_export.prompt import build_prompt
+from nuwa_export.prompt import build_prompt, check_context
 from nuwa_export.pruning import Budgets, decode_position, position_ids, stage_two
 from nuwa_export.runtime.backend import Backend, make_backend
 from nuwa_export.sampling import SamplingConfig
@@ -71,12 +70,7 @@ class Pipeline:
         llm, b = self.manifest.llm, self.budgets
         prompt_ids = build_prompt(self.tokenizer, prompt, llm.image_token_id)
         nb, nc = len(prompt_ids.before), len(prompt_ids.after)
-        need = nb + b.num_patches + nc + sampling.max_new_tokens
-        if need > llm.max_positions:
-            raise NuwaError(
-                f"prompt ({nb + nc} tokens + {b.num_patches} image positions) plus {sampling.max_new_tokens} new tokens "
-                f"needs {need} positions; the model's context is {llm.max_positions}"
-            )
+        check_context(prompt_ids, b.num_patches, sampling.max_new_tokens, llm.max_positions)
         clock = Clock()
         if not hasattr(image, "size"):
             image = load_image(image)
