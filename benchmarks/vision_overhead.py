@@ -14,16 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata as md
-import json
-import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +26,7 @@ import torch
 from torch import nn
 
 from nuwa_export.export import ops
+from nuwa_export.export.pipeline import quiet_exporter
 from nuwa_export.export.validate import validate_vision
 from nuwa_export.export.vision import TRACE_BATCH, StageOneSpec, VisionGraph, stage_one_spec, trace
 from nuwa_export.image import preprocess
@@ -39,6 +35,10 @@ from nuwa_export.models.llava import LlavaParts, cls_attention_row
 from nuwa_export.models.loader import load
 from nuwa_export.pruning import Budgets, alignment, resolve_budgets, separation, stage_one
 from nuwa_export.reference import Reference, StageOneOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 KEEP = 64
@@ -139,27 +139,11 @@ class AuthorsGraph(nn.Module):
         return (self.projector(merged), idx, *maps)
 
 
-@contextmanager
-def quiet():
-    """Silence the dynamo exporter's logging and warnings (errors still raise)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def export_nuwa(parts: LlavaParts, budgets: Budgets, spec: StageOneSpec, reference: Reference, path: Path) -> dict:
     """``vision.onnx`` exactly as ``nuwa-export`` builds it (``VisionGraph`` + ``trace``), validated."""
     import onnx
 
-    with quiet():
+    with quiet_exporter():
         model, _plugin = trace(VisionGraph(parts, budgets, spec), parts.image_size)
     onnx.save(model, path)
     return validate_vision(path, reference)
@@ -174,7 +158,7 @@ def export_onnx(module: nn.Module, path: Path, outputs: list[str], inputs: dict[
 
     examples = tuple(torch.zeros(TRACE_BATCH, *shape) for shape in inputs.values())
     batch = torch.export.Dim("batch", min=1, max=64)
-    with quiet():
+    with quiet_exporter():
         program = torch.onnx.export(
             module.eval(), examples, input_names=list(inputs), output_names=outputs,
             dynamic_shapes={name: {0: batch} for name in inputs}, dynamo=True,
@@ -260,14 +244,6 @@ def check_agree(name: str, tokens, idx, want_tokens, want_idx) -> float:
     if not np.allclose(tokens, want, atol=1e-3, rtol=1e-3):
         raise SystemExit(f"{name}: image tokens differ from vision.onnx (max abs error {err:.3g})")
     return err
-
-
-def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
-    mem = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
-    os_name = next((ln.split("=", 1)[1].strip('"') for ln in Path("/etc/os-release").read_text().splitlines() if ln.startswith("PRETTY_NAME")), platform.platform())
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem / 2**20, 1),
-            "os": os_name, "kernel": platform.release(), "python": platform.python_version()}
 
 
 STATS = {"median_ms": "median wall", "min_ms": "min wall", "cpu_median_ms": "median CPU time"}
@@ -377,8 +353,11 @@ TORCH_ROWS = {
 }
 
 
-def render_readme(r: dict) -> str:
-    """``benchmarks/README.md`` from a results dict (every number comes from ``r``)."""
+NAME = "vision_overhead"
+
+
+def render_section(r: dict) -> str:
+    """This benchmark's section of ``benchmarks/README.md`` (every number comes from ``r``)."""
     m, o, t, mdl = r["machine"], r["onnxruntime"], r["torch_eager"], r["model"]
     sz, fi, nv, k1 = mdl["sizes"], mdl["feature_layer_index"], mdl["sizes"]["vision_layers"], mdl["budgets"]["stage_one_keep"]
     n = (sz["image_size"] // sz["patch_size"]) ** 2
@@ -392,11 +371,7 @@ def render_readme(r: dict) -> str:
     par = o["tower"]["cpu_median_ms"] / o["tower"]["median_ms"]
     share = f" (its {ort['intra_op_num_threads']} threads mostly shared one free core)" if par < 1.5 else ""
     maps_mib = nv * sz["vision_heads"] * (n + 1) ** 2 * 4 / 2**20
-    return f"""# Benchmarks
-
-Timings only; nothing here asserts on time. Each script writes JSON under `results/` and this file.
-
-## Vision stage: cost of Nüwa stage one (`vision_overhead.py`)
+    return f"""## Vision stage: cost of Nüwa stage one (`vision_overhead.py`)
 
 A LLaVA checkpoint with CLIP ViT-L/14-336 shapes ({nv} layers, {sz['vision_hidden_size']} wide, {sz['vision_heads']} heads, {sz['image_size']} px in
 {sz['patch_size']} px patches: {n} patches + CLS) and a projector {sz['vision_hidden_size']}→{sz['text_hidden_size']}, random weights (seed 0), built locally;
@@ -475,16 +450,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.warmup < 0:
         ap.error("--runs must be >= 1 and --warmup >= 0")
     if args.render_only:
-        args.readme.write_text(render_readme(json.loads(args.out.read_text())))
+        common.write_readme(args.readme, args.out.parent)
         return 0
     with tempfile.TemporaryDirectory(prefix="nuwa-bench-") as tmp:
         command = " ".join([".venv/bin/python benchmarks/vision_overhead.py", *(argv if argv is not None else sys.argv[1:])])
         start = time.perf_counter()
         results = run(args.runs, args.warmup, Path(tmp), command)
         results["wall_s"] = round(time.perf_counter() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    args.readme.write_text(render_readme(results))
+    common.write_results(NAME, results, args.out)
+    common.write_readme(args.readme, args.out.parent)
     show(results)
     return 0
 

@@ -1,0 +1,184 @@
+"""What the benchmark scripts share: the machine record, versions, timing statistics, the
+benchmark-sized LLaVA-1.5-7B-proportioned model, and ``README.md`` assembled from every JSON
+under ``results/``.
+
+Each benchmark module defines ``NAME`` (its JSON is ``results/NAME.json``) and
+``render_section(results) -> str`` (its part of the README, numbers taken from the JSON only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+#: README sections, in this order (each one only if its JSON exists).
+BENCHMARKS = ("pruning_pays", "export_vs_eager", "vision_overhead")
+PACKAGES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
+
+#: A LLaVA-1.5-7B-proportioned model that fits a 2-core CPU (used by pruning_pays and export_vs_eager).
+#: LLM: Vicuna-7B's proportions scaled by 1/4 in width and depth: hidden:intermediate = 1024:2752
+#: (= 4096:11008), head_dim 128 (8 heads, no GQA, as Vicuna's 32×128), 8 layers instead of 32
+#: (so L = N/2 = 4). Vision: the real 336 px / 14 px geometry (24×24 = 576 patches + CLS) but a
+#: thin tower (4 layers, 128 wide), because these benchmarks measure the LLM. initializer_range
+#: is Llama's 0.02 (the demo's 0.1 makes a 1024-wide random model's activations explode).
+BENCH_SIZES = dict(
+    image_size=336, patch_size=14, vision_hidden_size=128, vision_layers=4, vision_heads=4,
+    vision_intermediate_size=512, text_hidden_size=1024, text_intermediate_size=2752, text_layers=8,
+    text_heads=8, text_kv_heads=8, vocab_size=600, initializer_range=0.02,
+)
+KEEP = 64
+PROMPT = "What is in the picture?"
+
+
+def bench_model(path: Path) -> Path:
+    """Build the benchmark checkpoint (random weights, seed 0) at ``path``."""
+    from nuwa_export.models import demo
+
+    return demo.build(path, seed=0, **BENCH_SIZES)
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
+    mem = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    os_name = next((ln.split("=", 1)[1].strip('"') for ln in Path("/etc/os-release").read_text().splitlines() if ln.startswith("PRETTY_NAME")), platform.platform())
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem / 2**20, 1),
+            "os": os_name, "kernel": platform.release(), "python": platform.python_version(), "load_average": list(os.getloadavg())}
+
+
+def versions() -> dict:
+    return {p: md.version(p) for p in PACKAGES}
+
+
+def machine_line(r: dict) -> str:
+    m = r["machine"]
+    return (f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['logical_cores']} logical), {m['memory_gib']} GiB, "
+            f"{m['os']} (kernel {m['kernel']}), Python {m['python']}. Versions: "
+            + ", ".join(f"{k} {x}" for k, x in r["versions"].items()) + ".")
+
+
+def stats(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": [round(x, 2) for x in xs]}
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    return " ".join([f".venv/bin/python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def write_results(name: str, results: dict, out: Path | None = None) -> Path:
+    out = out or RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return out
+
+
+def render_readme(results_dir: Path = RESULTS, overrides: dict[str, dict] | None = None) -> str:
+    """The whole ``README.md``: the header, then every benchmark whose JSON is in ``results_dir``."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    loaded = {}
+    for name in BENCHMARKS:
+        path = results_dir / f"{name}.json"
+        if overrides and name in overrides:
+            loaded[name] = overrides[name]
+        elif path.is_file():
+            loaded[name] = json.loads(path.read_text())
+    run_all = results_dir / "run_all.json"
+    last = ""
+    if run_all.is_file():
+        ra = json.loads(run_all.read_text())
+        parts = ", ".join(f"`{k}` {v['wall_s'] / 60:.1f} min" + (" (reused)" if v.get("reused") else "") for k, v in ra["scripts"].items())
+        last = (f"\nThe last `run_all.py` took {ra['wall_s'] / 60:.1f} minutes ({parts}) on {ra['machine']['cpu']}, "
+                f"{ra['machine']['usable_cores']} cores (load average {ra['machine']['load_average'][0]:.1f} at its start).\n")
+    sections = "\n".join(_section(name, r) for name, r in loaded.items())
+    return f"""# Benchmarks
+
+Timings only; nothing here asserts on time (the scripts do assert that the implementations they
+compare compute the same thing). Each script writes JSON under `results/` (with the machine and
+library versions) and regenerates this file from all of them. Every number below comes from those JSON files.
+
+Regenerate every number on a clean clone (after `scripts/setup.sh`; the time the last full run took is right below):
+
+```bash
+.venv/bin/python benchmarks/run_all.py                          # runs every benchmark, then renders this file
+.venv/bin/python benchmarks/run_all.py --reuse vision_overhead  # keep results/vision_overhead.json (the longest)
+.venv/bin/python benchmarks/run_all.py --render-only            # only re-render this file from results/*.json
+```
+{last}
+**Contention.** These numbers come from a shared 2-core machine with other jobs running at the same time.
+Wall times vary from run to run (every run is in the JSON). Compare ratios measured within one run, not
+absolute times across runs or machines.
+
+{sections}"""
+
+
+def _section(name: str, r: dict) -> str:
+    """One benchmark's section; a JSON written by an older version of its script gets a one-line note instead."""
+    try:
+        return importlib.import_module(name).render_section(r)
+    except (KeyError, TypeError) as e:
+        return f"## `{name}.py`\n\n`results/{name}.json` was written by an older version of the script (missing {e}); re-run it.\n"
+
+
+def write_readme(readme: Path = README, results_dir: Path = RESULTS) -> None:
+    readme.write_text(render_readme(results_dir))
+
+
+def ort_pipeline(directory: Path, spinning: bool = True):
+    """``Pipeline(directory, "ort", "cpu")``; with ``spinning=False`` its three ONNX Runtime sessions
+    are created with ``session.intra_op.allow_spinning = 0`` (everything else as the shipped backend).
+
+    The shipped backend (``nuwa_export/runtime/ort_backend.py``) gives each of its three sessions
+    its own intra-op thread pool with ORT's default spin-waiting. When the sessions run one after
+    another, the threads of the one that just finished keep spinning on the 2 cores while the next
+    one works. The no-spinning variant measures what that costs. It is a benchmark-local
+    :class:`Backend` with the same four calls; the library is unchanged.
+    """
+    from nuwa_export.runtime.pipeline import Pipeline
+
+    if spinning:
+        return Pipeline(directory, "ort", "cpu")
+    import numpy as np
+    import onnxruntime as ort
+
+    from nuwa_export.export import manifest as mf
+    from nuwa_export.export.llm import kv_names
+    from nuwa_export.runtime.backend import Backend
+
+    class NoSpinOrtBackend(Backend):
+        name = "ort"
+
+        def __init__(self, directory: Path, manifest) -> None:
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = lambda g: ort.InferenceSession(str(directory / manifest.graphs[g].file), opts, providers=["CPUExecutionProvider"])  # noqa: E731
+            self._vision, self._prefix, self._suffix = session("vision"), session("llm_prefix"), session("llm_suffix")
+            layer, n = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
+            self._prefix_past, self._suffix_past = kv_names("past", range(layer)), kv_names("past", range(layer, n))
+
+        def vision(self, pixel_values):
+            return tuple(self._vision.run(["image_tokens", "patch_indices"], {"pixel_values": pixel_values}))
+
+        def prefix(self, inputs_embeds, position_ids, vision_start, past):
+            feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "vision_start": np.array([vision_start], np.int64)}
+            feeds.update(zip(self._prefix_past, past))
+            out = self._prefix.run(None, feeds)
+            return out[0], out[1:-1], out[-1]
+
+        def suffix(self, hidden, position_ids, past):
+            feeds = {"hidden_states": hidden, "position_ids": position_ids}
+            feeds.update(zip(self._suffix_past, past))
+            out = self._suffix.run(None, feeds)
+            return out[0], out[1:]
+
+    directory = Path(directory)
+    return Pipeline(directory, NoSpinOrtBackend(directory, mf.read(directory)), "cpu")

@@ -1,0 +1,303 @@
+"""Does pruning pay? Pruned (keep 64) vs unpruned export of a LLaVA-1.5-7B-proportioned model,
+both through the ONNX Runtime pipeline on the CPU, next to the paper's analytic FLOPs model.
+
+Builds the benchmark model (``common.BENCH_SIZES``: Vicuna-7B proportions at 1/4 width and depth,
+576 vision tokens from a thin 336 px / 14 px tower), exports it twice with
+``nuwa_export.export.pipeline.export`` (``keep=64`` → K1 112, K2 16, L = N/2; and ``prune=False``),
+runs both with the same picture, prompt and greedy decoding, warm-up first, then interleaved runs.
+Writes ``results/pruning_pays.json`` and regenerates ``benchmarks/README.md``. Never asserts on time.
+
+    .venv/bin/python benchmarks/pruning_pays.py --runs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from nuwa_export import flops  # noqa: E402
+
+NAME = "pruning_pays"
+STAGES = ("vision", "prefix", "stage_two", "suffix", "prefill", "time_to_first_token", "decode_per_token")
+MAX_NEW_TOKENS = 16
+
+
+def timed_generate(pipeline, image, sampling) -> tuple[dict, list[int], int, dict]:
+    """One generation; its stage timings (plus ``prefill`` and process CPU time) and output."""
+    c = time.process_time()
+    r = pipeline.generate(image, common.PROMPT, sampling)
+    t = dict(r.timings_ms)
+    t["cpu_total"] = (time.process_time() - c) * 1e3
+    t["prefill"] = t["prefix"] + t["stage_two"] + t["suffix"]
+    return t, r.generated_ids, r.kv_cache_bytes, {"stage_one": r.stage_one_indices, "stage_two": r.stage_two_indices, "prompt": r.prompt}
+
+
+def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
+    from nuwa_export.export.pipeline import export
+    from nuwa_export.models.demo import example_picture
+    from nuwa_export.models.loader import inspect_checkpoint
+    from nuwa_export.sampling import SamplingConfig
+
+    mach = common.machine()  # load average at the start
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    ckpt = common.bench_model(workdir / "ckpt")
+    t0 = time.perf_counter()
+    export(str(ckpt), workdir / "pruned", keep=common.KEEP, progress=False)
+    t1 = time.perf_counter()
+    export(str(ckpt), workdir / "unpruned", prune=False, progress=False)
+    t2 = time.perf_counter()
+    pipes = {"pruned": common.ort_pipeline(workdir / "pruned"), "unpruned": common.ort_pipeline(workdir / "unpruned"),
+             "pruned_nospin": common.ort_pipeline(workdir / "pruned", spinning=False),
+             "unpruned_nospin": common.ort_pipeline(workdir / "unpruned", spinning=False)}
+    image = example_picture()
+    sampling = SamplingConfig(max_new_tokens=MAX_NEW_TOKENS, temperature=0.0, stop_at_eos=False)
+    outputs, kv, info = {}, {}, {}
+    for _ in range(warmup):
+        for k, p in pipes.items():
+            _, outputs[k], kv[k], info[k] = timed_generate(p, image, sampling)
+    times = {k: [] for k in pipes}
+    for _ in range(runs):  # interleaved, so drifting background load hits both alike
+        for k, p in pipes.items():
+            t, ids, kv[k], info[k] = timed_generate(p, image, sampling)
+            if k in outputs and ids != outputs[k]:
+                raise SystemExit(f"{k}: greedy output changed between runs")
+            outputs[k] = ids
+            times[k].append(t)
+    for p in pipes.values():
+        p.close()
+    for k in ("pruned", "unpruned"):
+        if outputs[k] != outputs[f"{k}_nospin"]:
+            raise SystemExit(f"{k}: the no-spinning sessions generated other tokens")
+
+    prompt = info["pruned"]["prompt"]
+    text_tokens = len(prompt.before) + len(prompt.after)
+    shape = flops.LlmShape.from_config(inspect_checkpoint(str(ckpt)).config.text_config)
+    b = pipes["pruned"].budgets
+    n = b.num_patches
+    analytic = {
+        "llava_1_5_7b_paper": flops.summary(flops.LLAVA_7B, flops.LLAVA_7B_PATCHES, 112, 16, flops.LLAVA_7B_LAYERS // 2),
+        "llava_1_5_7b_with_text": flops.summary(flops.LLAVA_7B, flops.LLAVA_7B_PATCHES, 112, 16, flops.LLAVA_7B_LAYERS // 2, text_tokens),
+        "bench_model": flops.summary(shape, n, b.k1, b.k2, b.layer),
+        "bench_model_with_text": flops.summary(shape, n, b.k1, b.k2, b.layer, text_tokens),
+    }
+    # per graph: the FLOPs model of that graph alone, and the throughput it reached (median)
+    graphs = {}
+    for g, layers, kp in (("prefix", b.layer, b.k1), ("suffix", b.num_layers - b.layer, b.k2)):
+        fl = {"unpruned": layers * flops.layer_flops(n + text_tokens, shape.hidden, shape.intermediate),
+              "pruned": layers * flops.layer_flops(kp + text_tokens, shape.hidden, shape.intermediate)}
+        med = {k: common.stats([t[g] for t in times[k]])["median"] for k in ("pruned", "unpruned")}
+        graphs[g] = {"tokens": {"unpruned": n + text_tokens, "pruned": kp + text_tokens}, "model_gflops": {k: v / 1e9 for k, v in fl.items()},
+                     "median_ms": med, "gflops_per_s": {k: fl[k] / 1e9 / (med[k] / 1e3) for k in med},
+                     "measured_speedup": med["unpruned"] / med["pruned"], "flops_ratio": fl["unpruned"] / fl["pruned"]}
+    res = {k: {s: common.stats([t[s] for t in times[k]]) for s in (*STAGES, "cpu_total")} for k in pipes}
+    measured = {
+        "prefill_median": res["unpruned"]["prefill"]["median"] / res["pruned"]["prefill"]["median"],
+        "prefill_min": res["unpruned"]["prefill"]["min"] / res["pruned"]["prefill"]["min"],
+        "ttft_median": res["unpruned"]["time_to_first_token"]["median"] / res["pruned"]["time_to_first_token"]["median"],
+        "prefill_median_nospin": res["unpruned_nospin"]["prefill"]["median"] / res["pruned_nospin"]["prefill"]["median"],
+        "prefill_min_nospin": res["unpruned_nospin"]["prefill"]["min"] / res["pruned_nospin"]["prefill"]["min"],
+        "ttft_median_nospin": res["unpruned_nospin"]["time_to_first_token"]["median"] / res["pruned_nospin"]["time_to_first_token"]["median"],
+    }
+    bound = analytic["bench_model_with_text"]["speedup_bound"]
+    return {
+        "benchmark": NAME,
+        "command": command,
+        "model": {"sizes": common.BENCH_SIZES, "weights": "random (seed 0), built locally", "llm_shape": dataclasses.asdict(shape),
+                  "budgets": {k: v.budgets.as_dict() for k, v in pipes.items()}, "num_patches": n},
+        "input": {"image": "demo example picture (320x240), LLaVA-1.5 preprocessing", "prompt": common.PROMPT,
+                  "prompt_ids": prompt.input_ids, "text_tokens": text_tokens,
+                  "sampling": {"greedy": True, "max_new_tokens": MAX_NEW_TOKENS, "stop_at_eos": False}},
+        "export_s": {"pruned": round(t1 - t0, 1), "unpruned": round(t2 - t1, 1)},
+        "runs": runs, "warmup": warmup, "torch_threads": torch.get_num_threads(),
+        "onnxruntime_settings": "the pipeline's own (nuwa_export.runtime.ort_backend: ORT defaults, CPUExecutionProvider)",
+        "machine": mach, "versions": common.versions(),
+        "timings_ms": res,
+        "kv_cache_bytes": {k: kv[k] for k in ("pruned", "unpruned")},
+        "generated_ids": {k: outputs[k] for k in ("pruned", "unpruned")},
+        "stage_two_indices_pruned": info["pruned"]["stage_two"],
+        "measured_speedup": measured,
+        "analytic": analytic,
+        "graphs": graphs,
+        "measured_over_bound": {"prefill_median": measured["prefill_median"] / bound, "prefill_min": measured["prefill_min"] / bound,
+                                "vs_bound_without_text": measured["prefill_median"] / analytic["bench_model"]["speedup_bound"],
+                                "prefill_median_nospin": measured["prefill_median_nospin"] / bound, "prefill_min_nospin": measured["prefill_min_nospin"] / bound},
+        "target": "measured prefill speed-up >= 80 % of the analytic bound",
+        "load_average_at_end": list(os.getloadavg()),
+        "raw_runs_ms": {k: [{s: round(v, 2) for s, v in t.items()} for t in times[k]] for k in pipes},
+    }
+
+
+def render_section(r: dict) -> str:
+    t, a, m, sz, g = r["timings_ms"], r["analytic"], r["measured_speedup"], r["model"]["sizes"], r["graphs"]
+    bp = r["model"]["budgets"]["pruned"]
+    n, tt = r["model"]["num_patches"], r["input"]["text_tokens"]
+    rows = {
+        "vision": "vision (tower + stage one + projector)",
+        "prefix": f"`llm_prefix` (layers [0, {bp['stage_two_layer']}))",
+        "stage_two": "stage two (selection; 0 unpruned)",
+        "suffix": f"`llm_suffix` (layers [{bp['stage_two_layer']}, {bp['num_layers']}) + lm_head)",
+        "prefill": "**prefill** = prefix + stage two + suffix",
+        "time_to_first_token": "time to first token (preprocess + vision + prefill)",
+        "decode_per_token": "decode, ms per token",
+    }
+    fmt = lambda s: f"{s['median']:.1f} | {s['min']:.1f}"  # noqa: E731
+    ratio = lambda k: "" if k == "stage_two" else f"{t['unpruned'][k]['median'] / t['pruned'][k]['median']:.2f}×"  # noqa: E731
+    table = "\n".join(f"| {label} | {fmt(t['unpruned'][k])} | {fmt(t['pruned'][k])} | {ratio(k)} |" for k, label in rows.items())
+    kv = r["kv_cache_bytes"]
+    kvrow = f"| KV cache after {r['input']['sampling']['max_new_tokens']} tokens (MiB) | {kv['unpruned'] / 2**20:.1f} | | {kv['pruned'] / 2**20:.1f} | | {kv['unpruned'] / kv['pruned']:.2f}× |"
+
+    def arow(label, s):
+        return f"| {label} | {s['hidden']}/{s['intermediate']}/{s['layers']} | {s['text_tokens']} | {s['full_tflops']:.3g} | {s['nuwa_tflops']:.3g} | {s['speedup_bound']:.2f}× |"
+
+    ana = "\n".join([
+        arow("LLaVA-1.5-7B, vision tokens only (the paper's §7 numbers)", a["llava_1_5_7b_paper"]),
+        arow("LLaVA-1.5-7B with this prompt's text tokens", a["llava_1_5_7b_with_text"]),
+        arow("benchmark model, vision tokens only", a["bench_model"]),
+        arow("benchmark model with this prompt's text tokens (**the bound measured against**)", a["bench_model_with_text"]),
+    ])
+    mob = r["measured_over_bound"]
+    met = mob["prefill_median"] >= 0.8
+    bound = a["bench_model_with_text"]["speedup_bound"]
+    graph_rows = "\n".join(
+        f"| `llm_{k}` | {v['tokens']['unpruned']} → {v['tokens']['pruned']} | {v['flops_ratio']:.2f}× | {v['measured_speedup']:.2f}× | "
+        f"{v['gflops_per_s']['unpruned']:.0f} | {v['gflops_per_s']['pruned']:.0f} |" for k, v in g.items())
+    dpt = t["pruned"]["decode_per_token"]["median"]
+    gain = lambda k: 100 * (1 - t[f"{k}_nospin"]["prefill"]["median"] / t[k]["prefill"]["median"])  # noqa: E731
+    ns = lambda k, c: f"{t[k][c]['median']:.1f} ({t[k][c]['min']:.1f})"  # noqa: E731
+    nospin = f"""**The shipped ONNX Runtime settings cost the pruned model the most.** The pipeline's backend gives each of its three sessions
+its own intra-op thread pool, and ORT's threads spin-wait by default. When one session finishes and the next starts, the first one's
+threads keep spinning on the same {r['machine']['usable_cores']} cores and take CPU from the next one. Turning spinning off shortens
+the prefill by {gain('pruned'):.0f} % pruned and {gain('unpruned'):.0f} % unpruned (medians), so it raises the measured speed-up. The same exports were run in the same rounds through a benchmark-local backend
+that differs only in `session.intra_op.allow_spinning = 0` (`common.ort_pipeline(..., spinning=False)`). It generated the same tokens:
+
+| ms, median (min) | unpruned | pruned | unpruned / pruned | measured / bound |
+|---|---:|---:|---:|---:|
+| prefill, shipped settings | {ns('unpruned', 'prefill')} | {ns('pruned', 'prefill')} | {m['prefill_median']:.2f}× | {100 * mob['prefill_median']:.0f} % |
+| prefill, no spinning | {ns('unpruned_nospin', 'prefill')} | {ns('pruned_nospin', 'prefill')} | {m['prefill_median_nospin']:.2f}× | **{100 * mob['prefill_median_nospin']:.0f} %** |
+| time to first token, no spinning | {ns('unpruned_nospin', 'time_to_first_token')} | {ns('pruned_nospin', 'time_to_first_token')} | {m['ttft_median_nospin']:.2f}× | |
+| decode ms/token, no spinning | {ns('unpruned_nospin', 'decode_per_token')} | {ns('pruned_nospin', 'decode_per_token')} | | |
+
+Without spinning, the measured speed-up is {100 * mob['prefill_median_nospin']:.0f} % of the bound ({100 * mob['prefill_min_nospin']:.0f} % on the
+minima){' and the 80 % target is met' if mob['prefill_median_nospin'] >= 0.8 else ', still short of the 80 % target'}. The fix belongs in the
+library (`nuwa_export/runtime/ort_backend.py`): turn spinning off on CPU, or share one global thread pool between the three sessions."""
+    verdict = (f"**Target met** with the shipped settings: the measured prefill speed-up is {100 * mob['prefill_median']:.0f} % of the analytic bound (target ≥ 80 %)."
+               if met else
+               f"**Target not met** with the shipped settings: the measured prefill speed-up is {100 * mob['prefill_median']:.0f} % of the analytic bound "
+               f"(min-based {100 * mob['prefill_min']:.0f} %; target ≥ 80 %).")
+    return f"""## LLM prefill: does pruning pay? (`pruning_pays.py`)
+
+The benchmark model has LLaVA-1.5-7B's proportions at a size that fits this CPU. Its LLM is Vicuna-7B scaled by ¼ in width and depth:
+hidden {sz['text_hidden_size']}, MLP {sz['text_intermediate_size']} (the ratio 4096:11008), {sz['text_heads']} heads of
+{sz['text_hidden_size'] // sz['text_heads']} (no GQA, like Vicuna), {sz['text_layers']} layers, so L = N/2 = {bp['stage_two_layer']}.
+The vision geometry is the real one: {sz['image_size']} px in {sz['patch_size']} px patches, so {n} vision tokens on a
+24×24 grid. The tower itself is thin ({sz['vision_layers']} layers, {sz['vision_hidden_size']} wide), because this benchmark measures
+the LLM; the full CLIP-L tower is measured in the vision section below. Weights are random (seed 0, initializer range
+{sz['initializer_range']}) and built locally.
+
+It is exported twice with `nuwa_export.export.pipeline.export`: pruned with keep {bp['keep']} (K1 {bp['stage_one_keep']},
+K2 {bp['stage_two_keep']}, L {bp['stage_two_layer']}), and unpruned with `prune=False`. Both exports passed the export's own
+validation against the PyTorch reference. Both run through `Pipeline(dir, "ort", "cpu")` with the demo picture and the prompt
+"{r['input']['prompt']}" ({tt} text tokens in the LLaVA template). Decoding is greedy with
+{r['input']['sampling']['max_new_tokens']} new tokens (EOS ignored). There were {r['warmup']} warm-up run(s) each, then
+{r['runs']} rounds interleaving the two exports (and the no-spinning variant below). Exports took {r['export_s']['pruned']:.0f} s (pruned) and
+{r['export_s']['unpruned']:.0f} s (unpruned).
+
+| ms (median \\| min) | unpruned | | pruned | | unpruned / pruned (median) |
+|---|---:|---:|---:|---:|---:|
+{table}
+{kvrow}
+
+**Measured prefill speed-up: {m['prefill_median']:.2f}×** (median; {m['prefill_min']:.2f}× from the minima; time to first token
+{m['ttft_median']:.2f}×).
+
+The analytic FLOPs model is `nuwa_export/flops.py`: `8·S·H² + 4·S²·H + 4·S·H·I` per layer, with vision tokens S = {n} in
+every layer (full) or K1 in layers [0, L) and K2 in [L, N) (Nüwa). The text tokens, when counted, are added to S in every layer.
+
+| model | H/I/N | text tokens | full TFLOPs | Nüwa TFLOPs | bound (full / Nüwa) |
+|---|---|---:|---:|---:|---:|
+{ana}
+
+**Measured / bound (shipped ORT settings): {100 * mob['prefill_median']:.0f} %** ({m['prefill_median']:.2f}× of {bound:.2f}×; against the bound without text
+tokens, {a['bench_model']['speedup_bound']:.2f}×, it is {100 * mob['vs_bound_without_text']:.0f} %). {verdict}
+
+{nospin}
+
+What is left of the gap: the FLOPs model assumes time is proportional to FLOPs. On a CPU that holds only at large token counts. Each graph
+of the benchmark model (shipped settings), with its own FLOPs ratio and the model-FLOP throughput it reached (median):
+
+| graph | tokens (unpruned → pruned) | FLOPs ratio | measured speed-up | GFLOP/s unpruned | GFLOP/s pruned |
+|---|---|---:|---:|---:|---:|
+{graph_rows}
+
+- With {g['suffix']['tokens']['pruned']} tokens the GEMMs are thin (M = {g['suffix']['tokens']['pruned']}). Every layer still streams its whole
+  weight matrices from memory, and packing and threading overheads do not shrink with M. A single decode token, which is almost
+  only that fixed cost, takes {dpt:.0f} ms for all {bp['num_layers']} layers (≈ {dpt / 2:.0f} ms per graph). That fixed cost does not get smaller with pruning, so it caps the speed-up.
+  The paper's own A100 prefill numbers (NUWA_SPEC §7: 124 ms full, ≈ 47 ms Nüwa-64) are 2.6× against the same model's 9.2× bound.
+- The FLOPs model counts 2 MLP matmuls where Llama's SwiGLU runs 3, and it leaves out the lm_head, the embeddings and
+  stage two. All of these are small here ({r['model']['sizes']['vocab_size']}-token vocabulary; stage two is
+  {t['pruned']['stage_two']['median']:.1f} ms).
+- Vision time is the same in both (thin tower); at the real CLIP-L size it adds ~4 s to both on this CPU
+  (see the vision section), which dilutes the time-to-first-token speed-up but not the prefill one.
+
+{common.machine_line(r)} Load average (1 min) {r['machine']['load_average'][0]:.2f} at the start, {r['load_average_at_end'][0]:.2f} at the end. The whole script took
+{r['wall_s'] / 60:.1f} minutes.
+
+Regenerate (writes `benchmarks/results/pruning_pays.json` and this file):
+
+```bash
+{r['command']}
+```
+"""
+
+
+def show(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="pruning pays (median ms)", title_justify="left")
+    for col in ("stage", "unpruned", "pruned", "ratio"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in STAGES:
+        u, p = r["timings_ms"]["unpruned"][s]["median"], r["timings_ms"]["pruned"][s]["median"]
+        table.add_row(s, f"{u:.1f}", f"{p:.1f}", f"{u / p:.2f}" if p else "")
+    c = Console()
+    c.print(table)
+    c.print(f"prefill speed-up {r['measured_speedup']['prefill_median']:.2f}x, bound {r['analytic']['bench_model_with_text']['speedup_bound']:.2f}x, "
+            f"measured/bound {100 * r['measured_over_bound']['prefill_median']:.0f} %; paper 7B: "
+            f"{r['analytic']['llava_1_5_7b_paper']['full_tflops']:.3g} vs {r['analytic']['llava_1_5_7b_paper']['nuwa_tflops']:.3g} TFLOPs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=8, help="timed runs per export (median reported)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed runs per export first")
+    ap.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
+    ap.add_argument("--readme", type=Path, default=common.README)
+    ap.add_argument("--render-only", action="store_true", help="only rewrite the README from the JSON files")
+    args = ap.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        ap.error("--runs must be >= 1 and --warmup >= 0")
+    if not args.render_only:
+        with tempfile.TemporaryDirectory(prefix="nuwa-bench-") as tmp:
+            start = time.perf_counter()
+            results = run(args.runs, args.warmup, Path(tmp), common.command_line("pruning_pays.py", argv))
+            results["wall_s"] = round(time.perf_counter() - start, 1)
+        common.write_results(NAME, results, args.out)
+        show(results)
+    common.write_readme(args.readme, args.out.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
