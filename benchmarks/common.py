@@ -133,52 +133,17 @@ def write_readme(readme: Path = README, results_dir: Path = RESULTS) -> None:
 
 
 def ort_pipeline(directory: Path, spinning: bool = True):
-    """``Pipeline(directory, "ort", "cpu")``; with ``spinning=False`` its three ONNX Runtime sessions
-    are created with ``session.intra_op.allow_spinning = 0`` (everything else as the shipped backend).
+    """The library's ONNX Runtime pipeline on the CPU, with ORT's default spin-waiting threads
+    (``spinning=True``) or with spinning off (``False``: what nuwa-export ships).
 
-    The shipped backend (``nuwa_export/runtime/ort_backend.py``) gives each of its three sessions
-    its own intra-op thread pool with ORT's default spin-waiting. When the sessions run one after
-    another, the threads of the one that just finished keep spinning on the 2 cores while the next
-    one works. The no-spinning variant measures what that costs. It is a benchmark-local
-    :class:`Backend` with the same four calls; the library is unchanged.
+    The backend gives each of its three sessions its own intra-op thread pool. When the sessions
+    run one after another, spinning threads of the one that just finished take CPU from the next
+    one on a 2-core machine. This benchmark measured that, and the backend turns spinning off since.
     """
+    from nuwa_export.export import manifest as mf
+    from nuwa_export.runtime.ort_backend import OrtBackend
     from nuwa_export.runtime.pipeline import Pipeline
 
-    if spinning:
-        return Pipeline(directory, "ort", "cpu")
-    import numpy as np
-    import onnxruntime as ort
+    return Pipeline(directory, OrtBackend(directory, mf.read(directory), "cpu", spinning=spinning))
 
-    from nuwa_export.export import manifest as mf
-    from nuwa_export.export.llm import kv_names
-    from nuwa_export.runtime.backend import Backend
 
-    class NoSpinOrtBackend(Backend):
-        name = "ort"
-
-        def __init__(self, directory: Path, manifest) -> None:
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            session = lambda g: ort.InferenceSession(str(directory / manifest.graphs[g].file), opts, providers=["CPUExecutionProvider"])  # noqa: E731
-            self._vision, self._prefix, self._suffix = session("vision"), session("llm_prefix"), session("llm_suffix")
-            layer, n = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
-            self._prefix_past, self._suffix_past = kv_names("past", range(layer)), kv_names("past", range(layer, n))
-
-        def vision(self, pixel_values):
-            return tuple(self._vision.run(["image_tokens", "patch_indices"], {"pixel_values": pixel_values}))
-
-        def prefix(self, inputs_embeds, position_ids, vision_start, past):
-            feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "vision_start": np.array([vision_start], np.int64)}
-            feeds.update(zip(self._prefix_past, past))
-            out = self._prefix.run(None, feeds)
-            return out[0], out[1:-1], out[-1]
-
-        def suffix(self, hidden, position_ids, past):
-            feeds = {"hidden_states": hidden, "position_ids": position_ids}
-            feeds.update(zip(self._suffix_past, past))
-            out = self._suffix.run(None, feeds)
-            return out[0], out[1:]
-
-    directory = Path(directory)
-    return Pipeline(directory, NoSpinOrtBackend(directory, mf.read(directory)), "cpu")

@@ -32,12 +32,18 @@ def providers_for(device: str) -> list[str]:
 class OrtBackend(Backend):
     name = "ort"
 
-    def __init__(self, directory: Path, manifest: Manifest, device: str = "auto") -> None:
+    def __init__(self, directory: Path, manifest: Manifest, device: str = "auto", *, spinning: bool = False) -> None:
+        """``spinning=False`` (default): the three sessions run one after another, and ORT's
+        spin-waiting threads of one would take CPU from the next (benchmarks/pruning_pays.py
+        measured 19 % of the pruned prefill on 2 cores)."""
         self.providers = providers_for(device)  # first: names the package when it is missing
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
         def session(graph: str):
             return ort.InferenceSession(str(directory / manifest.graphs[graph].file), opts, providers=self.providers)

@@ -112,3 +112,17 @@ def test_sampling_matches_reference(demo_export):
     cfg = SamplingConfig(max_new_tokens=16, temperature=0.8, top_p=0.9, seed=7, stop_at_eos=False)
     got = pipeline.generate(_example(), "Describe it.", cfg).generated_ids
     assert got == reference.generate(_example(), "Describe it.", cfg).generated_ids
+
+
+def test_ort_sessions_do_not_spin_by_default(demo_export):
+    """Three sessions run back to back: spin-waiting threads of one would take CPU from the next."""
+    from nuwa_export.runtime.ort_backend import OrtBackend
+
+    manifest = mf.read(demo_export)
+    quiet = OrtBackend(demo_export, manifest, "cpu")
+    spinning = OrtBackend(demo_export, manifest, "cpu", spinning=True)
+    key = "session.intra_op.allow_spinning"
+    for session in (quiet._vision, quiet._prefix, quiet._suffix):
+        assert session.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: spinning
+        spinning._prefix.get_session_options().get_session_config_entry(key)
