@@ -8,6 +8,7 @@ Each benchmark module defines ``NAME`` (its JSON is ``results/NAME.json``) and
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.metadata as md
 import json
@@ -15,6 +16,8 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -147,3 +150,28 @@ def ort_pipeline(directory: Path, spinning: bool = True):
     return Pipeline(directory, OrtBackend(directory, mf.read(directory), "cpu", spinning=spinning))
 
 
+
+
+def bench_main(name: str, script: str, doc: str, run, show, runs: int, warmup: int, argv: list[str] | None) -> int:
+    """The command line every LLM benchmark shares: run, write JSON, show, re-render the README.
+
+    ``run(runs, warmup, workdir, command_line) -> dict`` does the measuring; ``show(results)`` prints.
+    """
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=runs, help="timed rounds (median and min reported)")
+    ap.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first")
+    ap.add_argument("--out", type=Path, default=RESULTS / f"{name}.json")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--render-only", action="store_true", help="only rewrite the README from the JSON files")
+    args = ap.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        ap.error("--runs must be >= 1 and --warmup >= 0")
+    if not args.render_only:
+        with tempfile.TemporaryDirectory(prefix="nuwa-bench-") as tmp:
+            start = time.perf_counter()
+            results = run(args.runs, args.warmup, Path(tmp), command_line(script, argv))
+            results["wall_s"] = round(time.perf_counter() - start, 1)
+        write_results(name, results, args.out)
+        show(results)
+    write_readme(args.readme, args.out.parent)
+    return 0

@@ -16,10 +16,8 @@ stage-two patches and the same first token (and exits non-zero if not). Writes
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -299,24 +297,7 @@ def show(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=20, help="timed rounds (median and min reported)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
-    ap.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
-    ap.add_argument("--readme", type=Path, default=common.README)
-    ap.add_argument("--render-only", action="store_true", help="only rewrite the README from the JSON files")
-    args = ap.parse_args(argv)
-    if args.runs < 1 or args.warmup < 0:
-        ap.error("--runs must be >= 1 and --warmup >= 0")
-    if not args.render_only:
-        with tempfile.TemporaryDirectory(prefix="nuwa-bench-") as tmp:
-            start = time.perf_counter()
-            results = run(args.runs, args.warmup, Path(tmp), common.command_line("export_vs_eager.py", argv))
-            results["wall_s"] = round(time.perf_counter() - start, 1)
-        common.write_results(NAME, results, args.out)
-        show(results)
-    common.write_readme(args.readme, args.out.parent)
-    return 0
+    return common.bench_main(NAME, "export_vs_eager.py", __doc__, run, show, runs=20, warmup=3, argv=argv)
 
 
 if __name__ == "__main__":
