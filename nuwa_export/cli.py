@@ -171,6 +171,11 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id")
     p.add_argument("--out", required=True, help="export directory (written atomically)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16"],
+        help="LLM weights, activations and KV cache (default float32; float16 halves the files and the memory "
+        "an export needs, e.g. for 7B). The vision graph is float32 either way.",
+    )
     add_budget_flags(p)
     p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
     return p

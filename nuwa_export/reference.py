@@ -68,11 +68,11 @@ class Reference:
 
     # ---- stages -----------------------------------------------------------------------------
     def pixel_values(self, image) -> torch.Tensor:
-        """A path or PIL image → ``[1, 3, S, S]`` in the model's dtype and device."""
+        """A path or PIL image → ``[1, 3, S, S]`` in the vision tower's dtype, on the model's device."""
         if not hasattr(image, "size"):
             image = load_image(image)
         x = preprocess(image, self.loaded.image_config)
-        return torch.from_numpy(x)[None].to(self.parts.device, self.parts.dtype)
+        return torch.from_numpy(x)[None].to(self.parts.device, self.parts.vision_dtype)
 
     @torch.inference_mode()
     def vision(self, pixel_values: torch.Tensor, clock: Clock | None = None) -> VisionOutput:

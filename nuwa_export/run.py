@@ -38,7 +38,8 @@ def _checkpoint_dir(model_id: str) -> Path | None:
 
 
 def reference_for_export(directory: Path, manifest: mf.Manifest, device: str = "auto", dtype: str = "auto"):
-    """The PyTorch reference configured exactly as ``directory`` was exported."""
+    """The PyTorch reference configured exactly as ``directory`` was exported: its budgets, its
+    LLM dtype (``dtype="auto"``) and a float32 vision tower, as in ``vision.onnx``."""
     from nuwa_export.models.loader import inspect_checkpoint, load, weight_files
     from nuwa_export.reference import Reference, StageOneOptions
     from nuwa_export.runtime.pipeline import budgets_of
@@ -48,7 +49,9 @@ def reference_for_export(directory: Path, manifest: mf.Manifest, device: str = "
     if files != manifest.model.weights:
         raise NuwaError(f"the checkpoint at {info.path} is not the one {directory} was exported from (weights sha256 differ)")
     b = manifest.budgets
-    return Reference(load(info, dtype=dtype, device=device), budgets_of(manifest), StageOneOptions(b.per_region, b.distance, b.percentile))
+    dtype = manifest.llm.dtype if dtype in (None, "auto") else dtype
+    loaded = load(info, dtype=dtype, device=device, vision_dtype="float32")
+    return Reference(loaded, budgets_of(manifest), StageOneOptions(b.per_region, b.distance, b.percentile))
 
 
 def build_runner(args: argparse.Namespace):

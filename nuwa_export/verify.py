@@ -1,17 +1,59 @@
 """Per-stage comparison of an exported pipeline against the PyTorch reference (``nuwa-verify``).
 
-Used right after export (ONNX Runtime) and by ``nuwa-verify`` for every backend present.
+Two phases, so that the PyTorch model and the exported graphs never sit in memory together
+(a 7B export would not fit in 24 GiB otherwise): :func:`record` runs the reference once and
+keeps only NumPy arrays; :func:`check` then runs a backend against that record.
+
+The policy depends on the LLM graphs' dtype (the vision graph is always float32):
+
+* ``float32``: free-running, every discrete choice identical (stage-one and stage-two indices,
+  greedy tokens), every tensor within atol/rtol 1e-4.
+* ``float16``: ONNX Runtime and PyTorch round differently, so a near-tie can legitimately flip.
+  Each LLM graph is checked on the reference's own inputs (teacher forcing): tensors within the
+  float16 tolerance below; a stage-two index or greedy token may differ from the reference's
+  only where the reference's own scores / logits of the two choices are within that tolerance
+  of each other (a near-tie), and the check reports how many did.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from nuwa_export.sampling import SamplingConfig
 
 ATOL = RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Tolerance ``|got - want| <= atol·s + rtol·|want|`` and whether choices must be identical.
+
+    ``s`` is 1, or with ``scaled`` the root mean square of ``want``: a float16 error is relative
+    to the tensor's magnitude (a random 7B model's logits are ~0.1; a trained one's ~10).
+    """
+
+    dtype: str
+    atol: float
+    rtol: float
+    exact: bool
+    scaled: bool = False
+
+    def atol_for(self, want) -> float:
+        if not self.scaled:
+            return self.atol
+        return self.atol * float(np.sqrt(np.mean(np.square(np.asarray(want, np.float64))))) or self.atol
+
+
+POLICIES = {
+    "float32": Policy("float32", ATOL, RTOL, exact=True),
+    # float16 keeps 11 significant bits (relative step 4.9e-4). ORT's and PyTorch's roundings
+    # drift apart through the stack: on the 7B-shaped export (benchmarks/scale.py) the largest
+    # error was 1.7 % of the RMS (decode logits, 32 layers; the p99 0.9 %), on the tiny test
+    # checkpoints under 1 %. A wrong position, mask or cache entry moves values by O(RMS).
+    "float16": Policy("float16", 5e-2, 2e-2, exact=False, scaled=True),
+}
 
 
 @dataclass(frozen=True)
@@ -25,13 +67,36 @@ class Check:
         return asdict(self)
 
 
-def _close(stage: str, got, want) -> Check:
+@dataclass
+class Record:
+    """What the reference computed for one image and prompt (NumPy only; no torch objects)."""
+
+    image: object  # PIL image
+    prompt: str
+    before: list[int]
+    after: list[int]
+    vision_tokens: np.ndarray  # [1, K1, D] float32
+    patch_indices: np.ndarray  # [1, K1]
+    split_hidden: np.ndarray  # [1, T, D]
+    stage_two_scores: np.ndarray  # [1, K1] float32
+    stage_two: np.ndarray | None  # [1, K2] positions within K1
+    logits: list[np.ndarray] = field(default_factory=list)  # [1, V] before each generated token
+    generated_ids: list[int] = field(default_factory=list)
+
+
+def policy_for(dtype: str) -> Policy:
+    return POLICIES[dtype]
+
+
+def _close(stage: str, got, want, policy: Policy = POLICIES["float32"]) -> Check:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         return Check(stage, False, f"shape {got.shape} vs {want.shape}")
     err = np.abs(got - want)
-    ok = bool(np.allclose(got, want, atol=ATOL, rtol=RTOL))
-    return Check(stage, ok, f"max {err.max():.2e}, median {np.median(err):.2e}, p99 {np.quantile(err, 0.99):.2e}", float(err.max()))
+    atol = policy.atol_for(want)
+    ok = bool(np.allclose(got, want, atol=atol, rtol=policy.rtol))
+    scale = f" (atol {atol:.2e})" if policy.scaled else ""
+    return Check(stage, ok, f"max {err.max():.2e}, median {np.median(err):.2e}, p99 {np.quantile(err, 0.99):.2e}{scale}", float(err.max()))
 
 
 def _same(stage: str, got, want, overlap: bool = False) -> Check:
@@ -44,28 +109,142 @@ def _same(stage: str, got, want, overlap: bool = False) -> Check:
     return Check(stage, same, detail)
 
 
-def compare(pipeline, reference, image, prompt: str, max_new_tokens: int = 20) -> list[Check]:
-    """Run both on ``image`` / ``prompt`` (greedy, no EOS stop) and compare stage by stage."""
+def near_tie_sets(stage: str, got, want, scores, policy: Policy) -> Check:
+    """``got`` may differ from the top-k set ``want`` only by swaps the reference's ``scores``
+    cannot tell apart: every score it dropped is within tolerance of every score it added."""
+    got_s, want_s = set(np.asarray(got).ravel().tolist()), set(np.asarray(want).ravel().tolist())
+    if got_s == want_s:
+        return Check(stage, True, "identical")
+    if len(got_s) != len(want_s):
+        return Check(stage, False, f"{len(got_s)} kept vs {len(want_s)}")
+    scores = np.asarray(scores, np.float64).ravel()
+    added, dropped = sorted(got_s - want_s), sorted(want_s - got_s)
+    gap = float(scores[dropped].max() - scores[added].min())
+    limit = policy.atol_for(scores) + policy.rtol * float(np.abs(scores[dropped]).max())
+    ok = gap <= limit
+    return Check(stage, ok, f"{len(added)}/{len(want_s)} swapped, reference score gap {gap:.2e} ({'within' if ok else 'beyond'} tolerance {limit:.2e})", gap)
+
+
+def near_tie_tokens(stage: str, got: list[int], want: list[int], logits: list[np.ndarray], policy: Policy) -> Check:
+    """Greedy tokens: a differing pick is allowed only where the reference's logits of the two
+    tokens are within tolerance of each other."""
+    worst, swapped = 0.0, 0
+    for i, (g, w, row) in enumerate(zip(got, want, logits)):
+        if g != w:
+            swapped += 1
+            row = np.asarray(row, np.float64).ravel()
+            gap = float(row[w] - row[g])
+            limit = policy.atol_for(row) + policy.rtol * abs(float(row[w]))
+            worst = max(worst, gap)
+            if gap > limit:
+                return Check(stage, False, f"token {i}: {g} instead of {w}, reference logit gap {gap:.3g} > {limit:.3g}", gap)
+    if len(got) != len(want):
+        return Check(stage, False, f"{len(got)} tokens vs {len(want)}")
+    detail = "identical" if not swapped else f"{swapped}/{len(want)} near-ties picked differently (largest reference logit gap {worst:.2e})"
+    return Check(stage, True, detail, worst)
+
+
+def record(reference, image, prompt: str, max_new_tokens: int = 20) -> Record:
+    """Run the reference greedily (no EOS stop) on ``image`` / ``prompt`` and keep every stage."""
     import torch
 
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_at_eos=False)
-    trace: dict = {}
-    got = pipeline.generate(image, prompt, sampling, trace=trace)
-    want = reference.generate(image, prompt, sampling)
+    from nuwa_export.generation import decode_loop
+    from nuwa_export.image import load_image
+    from nuwa_export.prompt import build_prompt
+
+    if not hasattr(image, "size"):
+        image = load_image(image)
+    loaded = reference.loaded
+    ids = build_prompt(loaded.tokenizer, prompt, loaded.image_token_id)
+    numpy = lambda t: t.float().cpu().numpy()  # noqa: E731
     with torch.inference_mode():
         vision = reference.vision(reference.pixel_values(image))
-        pre = reference.prefill(vision, got.prompt)
+        pre = reference.prefill(vision, ids)
+        logits = [numpy(pre.logits)]
+
+        def step(token: int, i: int):
+            out = reference.decode_step(token, pre.next_position + i, pre.cache)
+            logits.append(numpy(out))
+            return out
+
+        generated = decode_loop(pre.logits, step, SamplingConfig(max_new_tokens=max_new_tokens, stop_at_eos=False), set())
+    return Record(
+        image, prompt, list(ids.before), list(ids.after), numpy(vision.tokens), vision.indices.cpu().numpy(),
+        numpy(pre.split_hidden), numpy(pre.stage_two_scores), None if pre.stage_two is None else pre.stage_two.cpu().numpy(),
+        logits[: len(generated)], generated,
+    )
+
+
+def check(pipeline, rec: Record, policy: Policy | None = None) -> list[Check]:
+    """Run ``pipeline`` on the recorded image and prompt and compare stage by stage (module doc)."""
+    policy = policy or policy_for(pipeline.manifest.llm.dtype)
+    n = len(rec.generated_ids)
+    trace: dict = {}
+    got = pipeline.generate(rec.image, rec.prompt, SamplingConfig(max_new_tokens=n, stop_at_eos=False), trace=trace)
+    fp32 = POLICIES["float32"]  # the vision graph is float32 in every export
     checks = [
-        _close("vision tokens", trace["vision_tokens"], vision.tokens.float().cpu().numpy()),
-        _same("stage-one indices", trace["patch_indices"], vision.indices.cpu().numpy()),
-        _close("hidden at split", trace["split_hidden"], pre.split_hidden.float().cpu().numpy()),
-        _close("stage-two scores", trace["stage_two_scores"], pre.stage_two_scores.float().cpu().numpy()),
+        _close("vision tokens", trace["vision_tokens"], rec.vision_tokens, fp32),
+        _same("stage-one indices", trace["patch_indices"], rec.patch_indices),
     ]
-    if pre.stage_two is not None:
-        checks.append(_same("stage-two indices", trace["stage_two"], pre.stage_two.cpu().numpy(), overlap=True))
-    checks.append(_close("first logits", trace["first_logits"], pre.logits.float().cpu().numpy()))
-    checks.append(_same(f"generated ids ({max_new_tokens})", got.generated_ids, want.generated_ids))
+    if not policy.exact:
+        checks += _teacher_forced(pipeline, rec, policy)
+        same = sum(a == b for a, b in zip(got.generated_ids, rec.generated_ids))
+        checks.append(Check(f"generated ids ({n}, free-running)", True, f"{same}/{n} identical (reported, not required in {policy.dtype})"))
+        return checks
+    checks += [
+        _close("hidden at split", trace["split_hidden"], rec.split_hidden, policy),
+        _close("stage-two scores", trace["stage_two_scores"], rec.stage_two_scores, policy),
+    ]
+    if rec.stage_two is not None:
+        checks.append(_same("stage-two indices", trace["stage_two"], rec.stage_two, overlap=True))
+    checks.append(_close("first logits", trace["first_logits"], rec.logits[0], policy))
+    checks.append(_same(f"generated ids ({n})", got.generated_ids, rec.generated_ids))
     return checks
+
+
+def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
+    """Each LLM graph on the reference's inputs: prefix on its prompt embedding, suffix on its
+    stage-two rows, decode on its tokens."""
+    import torch
+
+    from nuwa_export.pruning import decode_position, position_ids, stage_two
+
+    b, backend, embed = pipeline.budgets, pipeline.backend, pipeline.embeddings
+    nb, nc, k1 = len(rec.before), len(rec.after), rec.vision_tokens.shape[1]
+    hidden = np.concatenate([embed[rec.before][None], rec.vision_tokens.astype(embed.dtype), embed[rec.after][None]], axis=1)
+    pos = position_ids(nb, torch.from_numpy(rec.patch_indices), nc, b.num_patches).numpy()
+    split, past1, scores = backend.prefix(hidden, pos, nb, pipeline._empty_past(range(b.layer)))
+    checks = [
+        _close("hidden at split", split, rec.split_hidden, policy),
+        _close("stage-two scores", scores, rec.stage_two_scores, policy),
+    ]
+    rows = np.arange(split.shape[1])
+    if rec.stage_two is not None:
+        kept = stage_two(torch.from_numpy(np.ascontiguousarray(scores, np.float32)), b.k2).numpy()
+        checks.append(near_tie_sets("stage-two indices", kept, rec.stage_two, rec.stage_two_scores, policy))
+        rows = np.concatenate([np.arange(nb), nb + rec.stage_two[0], nb + k1 + np.arange(nc)])
+    logits, past2 = backend.suffix(
+        np.ascontiguousarray(rec.split_hidden[:, rows].astype(embed.dtype)), np.ascontiguousarray(pos[:, rows]),
+        pipeline._empty_past(range(b.layer, b.num_layers)),
+    )
+    got = [logits]
+    start = decode_position(nb, nc, b.num_patches, 0)
+    for i, token in enumerate(rec.generated_ids[:-1]):
+        p = np.array([[start + i]], np.int64)
+        h, past1, _ = backend.prefix(embed[[token]][None], p, nb, past1)
+        out, past2 = backend.suffix(h, p, past2)
+        got.append(out)
+    checks.append(_close("first logits", got[0], rec.logits[0], policy))
+    if len(got) > 1:
+        checks.append(_close(f"decode logits ({len(got) - 1} steps, teacher-forced)", np.concatenate(got[1:]), np.concatenate(rec.logits[1:]), policy))
+    picks = [int(np.argmax(row[0])) for row in got]
+    checks.append(near_tie_tokens(f"greedy tokens ({len(got)}, teacher-forced)", picks, rec.generated_ids, rec.logits, policy))
+    return checks
+
+
+def compare(pipeline, reference, image, prompt: str, max_new_tokens: int = 20) -> list[Check]:
+    """:func:`record` then :func:`check`, for callers that hold both anyway."""
+    return check(pipeline, record(reference, image, prompt, max_new_tokens))
 
 
 def available_backends(directory) -> list[tuple[str, str]]:
@@ -91,6 +270,7 @@ def available_backends(directory) -> list[tuple[str, str]]:
 
 def verify_cli(args) -> int:
     """``nuwa-verify``: a table (or JSON) of every stage for every backend; exit 1 on failure."""
+    import gc
     import json
     import sys
     from pathlib import Path
@@ -108,22 +288,26 @@ def verify_cli(args) -> int:
     backends = available_backends(directory)
     if not backends:
         raise NuwaError("no backend to verify: pip install onnxruntime (or onnxruntime-gpu)")
-    reference = reference_for_export(directory, manifest, device="cpu", dtype="float32")
+    dtype = manifest.llm.dtype
+    reference = reference_for_export(directory, manifest, device="cpu", dtype=dtype)
+    rec = record(reference, image, args.prompt, args.max_new_tokens)
+    del reference  # the graphs and the PyTorch model need not fit in memory together
+    gc.collect()
     report = {}
     for backend, device in backends:
         pipeline = Pipeline(directory, backend, device)
         try:
-            report[f"{backend}-{device}"] = [c.as_dict() for c in compare(pipeline, reference, image, args.prompt, args.max_new_tokens)]
+            report[f"{backend}-{device}"] = [c.as_dict() for c in check(pipeline, rec)]
         finally:
             pipeline.close()
     ok = all(c["ok"] for checks in report.values() for c in checks)
     if args.json:
-        print(json.dumps({"export": str(directory), "ok": ok, "backends": report}))
+        print(json.dumps({"export": str(directory), "ok": ok, "dtype": dtype, "backends": report}))
     else:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"nuwa-verify {directory} (reference: PyTorch, float32, CPU)", title_justify="left")
+        table = Table(title=f"nuwa-verify {directory} (reference: PyTorch on the CPU, LLM in {dtype})", title_justify="left")
         for col in ("backend", "stage", "ok", "detail"):
             table.add_column(col)
         for name, checks in report.items():

@@ -23,6 +23,8 @@ TRTEXEC_FILE = "trtexec.sh"
 EXTERNAL_DATA_BYTES = 1_800_000_000
 #: What export validation generates and compares, token for token.
 VALIDATION_PROMPT, VALIDATION_TOKENS = "What is in the picture?", 8
+#: ``--dtype``: the LLM graphs' dtype (the vision graph is always float32).
+DTYPES = ("float32", "float16")
 
 
 @contextlib.contextmanager
@@ -76,53 +78,75 @@ def export(
     per_region: int | None = None,
     distance: float = 280.0,
     percentile: float = 0.55,
+    dtype: str = "float32",
     force: bool = False,
     progress: bool = True,
 ) -> mf.Manifest:
-    """Export ``model`` to ``out`` and validate it; nothing is left at ``out`` if anything fails."""
-    import onnx
+    """Export ``model`` to ``out`` and validate it; nothing is left at ``out`` if anything fails.
 
-    from nuwa_export.export import ops
-    from nuwa_export.export.llm import export_prefix, export_suffix
-    from nuwa_export.export.vision import VisionGraph, stage_one_spec, trace
+    ``dtype`` is the LLM graphs' dtype (weights, activations, KV cache); the vision graph is
+    float32 either way (module doc of :mod:`nuwa_export.verify` for how each is validated).
+    """
+    import gc
+
+    from nuwa_export.export.vision import stage_one_spec
     from nuwa_export.models.loader import inspect_checkpoint, load
     from nuwa_export.pruning import resolve_budgets
     from nuwa_export.reference import Reference, StageOneOptions
 
     out = Path(out)
+    if dtype not in DTYPES:
+        raise NuwaError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise NuwaError(f"{out} exists and is not empty; pass --force to replace it")
     info = inspect_checkpoint(model)  # bad flags are refused before anything slow starts
     budgets = resolve_budgets(info.num_patches, info.num_layers, keep, k1, k2, layer, prune=prune)
     spec = stage_one_spec(budgets, info.grid, per_region, distance, percentile)
     steps = Steps(progress)
-    with steps("load checkpoint"):
-        loaded = load(info, dtype="float32", device="cpu")
-    parts = loaded.parts
+    with steps(f"load checkpoint (LLM in {dtype}, vision in float32)"):
+        loaded = load(info, dtype=dtype, device="cpu", vision_dtype="float32")
     reference = Reference(loaded, budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile))
+    del loaded
 
     with atomic_dir(out, force=force) as tmp:
-        with steps(f"trace vision tower + stage one (K1={budgets.k1})"), quiet_exporter():
-            vision, plugin = trace(VisionGraph(parts, budgets, spec), parts.image_size)
-            onnx.save(vision, tmp / VISION_FILE)
-            onnx.save(plugin, tmp / VISION_PLUGIN_FILE)
-        with steps(f"trace LLM layers [0, {budgets.layer}) and [{budgets.layer}, {budgets.num_layers}) with explicit KV"), quiet_exporter():
-            big = _layer_bytes(parts) > EXTERNAL_DATA_BYTES
-            export_prefix(parts, budgets.layer, budgets.k1, tmp / PREFIX_FILE, external=big)
-            export_suffix(parts, budgets.layer, tmp / SUFFIX_FILE, external=big)
-        with steps("write embeddings, tokenizer, preprocessing; check graphs"):
-            _write_assets(loaded, tmp)
-            ops.register_schema()
-            for f in (VISION_FILE, VISION_PLUGIN_FILE, PREFIX_FILE, SUFFIX_FILE):
-                onnx.checker.check_model(str(tmp / f), full_check=True)
-        with steps("hash weights and write manifest and trtexec.sh"):
-            manifest = _manifest(loaded, budgets, spec, tmp, validation={})
-        with steps("validate against the PyTorch reference (ONNX Runtime, CPU)"):
-            validation = _validate(tmp, reference)
+        manifest = _write_graphs(reference.loaded, budgets, spec, dtype, tmp, steps)
+        with steps("run the PyTorch reference on the validation inputs"):
+            expected = _record(reference)
+        del reference  # the PyTorch model and the ONNX Runtime sessions never sit in memory together
+        gc.collect()
+        with steps(f"validate against the PyTorch reference (ONNX Runtime, CPU, {dtype} policy)"):
+            validation = _validate(tmp, expected)
             manifest = replace(manifest, validation=validation)
             (tmp / mf.FILENAME).write_text(manifest.to_json())
     _summary(steps, manifest, out)
     return manifest
+
+
+def _write_graphs(loaded, budgets, spec, dtype: str, tmp: Path, steps: Steps) -> mf.Manifest:
+    """Trace the three graphs, write them with the assets, check them, hash everything."""
+    import onnx
+
+    from nuwa_export.export import ops
+    from nuwa_export.export.llm import export_prefix, export_suffix
+    from nuwa_export.export.vision import VisionGraph, trace
+
+    parts = loaded.parts
+    with steps(f"trace vision tower + stage one (K1={budgets.k1})"), quiet_exporter():
+        vision, plugin = trace(VisionGraph(parts, budgets, spec), parts.image_size)
+        onnx.save(vision, tmp / VISION_FILE)
+        onnx.save(plugin, tmp / VISION_PLUGIN_FILE)
+        del vision, plugin
+    with steps(f"trace LLM layers [0, {budgets.layer}) and [{budgets.layer}, {budgets.num_layers}) with explicit KV"), quiet_exporter():
+        big = _layer_bytes(parts) > EXTERNAL_DATA_BYTES
+        export_prefix(parts, budgets.layer, budgets.k1, tmp / PREFIX_FILE, external=big)
+        export_suffix(parts, budgets.layer, tmp / SUFFIX_FILE, external=big)
+    with steps("write embeddings, tokenizer, preprocessing; check graphs"):
+        _write_assets(loaded, tmp)
+        ops.register_schema()
+        for f in (VISION_FILE, VISION_PLUGIN_FILE, PREFIX_FILE, SUFFIX_FILE):
+            onnx.checker.check_model(str(tmp / f), full_check=True)
+    with steps("hash weights and write manifest and trtexec.sh"):
+        return _manifest(loaded, budgets, spec, dtype, tmp, validation={})
 
 
 def _summary(steps: Steps, manifest: mf.Manifest, out: Path) -> None:
@@ -137,17 +161,22 @@ def _summary(steps: Steps, manifest: mf.Manifest, out: Path) -> None:
         table.add_row(name, f"{entry.size / 2**20:.1f}", entry.sha256[:16])
     steps.console.print(table)
     v = manifest.validation
-    logits = next(c for c in v["pipeline"]["checks"] if c["stage"] == "first logits")
+    checks = {c["stage"]: c for c in v["pipeline"]["checks"]}
+    if manifest.llm.dtype == "float32":
+        llm = f"stage-two indices and {VALIDATION_TOKENS} greedy tokens identical"
+    else:
+        tf = [c for c in checks.values() if c["stage"].startswith(("stage-two indices", "greedy tokens"))]
+        llm = "teacher-forced: " + "; ".join(f"{c['stage']} {c['detail']}" for c in tf)
     steps.console.print(
         f"budgets: keep {b.keep}, K1 {b.stage_one_keep}, K2 {b.stage_two_keep} from layer {b.stage_two_layer} "
-        f"({manifest.num_patches} patches). Validated in ONNX Runtime: vision at batch {v['vision']['batch']} "
-        f"(max abs error {v['vision']['image_tokens']['max_abs']:.2g}), indices identical, first logits max abs error "
-        f"{logits['max_abs']:.2g}, {VALIDATION_TOKENS} greedy tokens identical."
+        f"({manifest.num_patches} patches), LLM in {manifest.llm.dtype}. Validated in ONNX Runtime: vision at batch "
+        f"{v['vision']['batch']} (max abs error {v['vision']['image_tokens']['max_abs']:.2g}), stage-one indices identical; "
+        f"first logits max abs error {checks['first logits']['max_abs']:.2g}; {llm}."
     )
 
 
 def _layer_bytes(parts) -> int:
-    return sum(p.numel() * 4 for p in parts.lm.layers.parameters())
+    return sum(p.numel() * p.element_size() for p in parts.lm.layers.parameters())
 
 
 def _write_assets(loaded, tmp: Path) -> None:
@@ -158,7 +187,7 @@ def _write_assets(loaded, tmp: Path) -> None:
 
     from nuwa_export.runtime.pipeline import EMBEDDINGS_FILE, TOKENIZER_DIR
 
-    table = loaded.parts.lm.embed_tokens.weight.detach().float().cpu().numpy()
+    table = loaded.parts.lm.embed_tokens.weight.detach().cpu().numpy()  # the LLM's dtype
     save_file({"embed_tokens": table}, str(tmp / EMBEDDINGS_FILE), metadata={"format": "nuwa-export"})
     loaded.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
     for name in ("preprocessor_config.json", "chat_template.json", "chat_template.jinja"):
@@ -166,7 +195,7 @@ def _write_assets(loaded, tmp: Path) -> None:
             shutil.copyfile(loaded.path / name, tmp / name)
 
 
-def _manifest(loaded, budgets, spec, tmp: Path, validation: dict) -> mf.Manifest:
+def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict) -> mf.Manifest:
     import onnx
 
     from nuwa_export.export.llm import LlmShapes
@@ -202,7 +231,7 @@ def _manifest(loaded, budgets, spec, tmp: Path, validation: dict) -> mf.Manifest
         num_patches=parts.num_patches,
         llm=mf.LlmInfo(
             budgets.num_layers, shapes.hidden, shapes.kv_heads, shapes.head_dim, shapes.vocab,
-            tc.max_position_embeddings, loaded.image_token_id, [int(e) for e in eos], "float32",
+            tc.max_position_embeddings, loaded.image_token_id, [int(e) for e in eos], dtype,
         ),
         preprocessing=loaded.image_config.as_dict(),
         opset=OPSET,
@@ -220,23 +249,32 @@ def _manifest(loaded, budgets, spec, tmp: Path, validation: dict) -> mf.Manifest
     return manifest
 
 
-def _validate(tmp: Path, reference) -> dict:
-    """ORT vision at an untraced batch, then the whole pipeline stage by stage, vs the reference."""
-    from nuwa_export.export.validate import validate_vision
+def _record(reference) -> dict:
+    """Everything validation compares against, computed by the reference (NumPy only)."""
+    from nuwa_export.export.validate import record_vision
     from nuwa_export.models.demo import example_picture
-    from nuwa_export.runtime.pipeline import Pipeline
-    from nuwa_export.verify import compare
+    from nuwa_export.verify import record
 
-    result = {"vision": validate_vision(tmp / VISION_FILE, reference)}
+    return {"vision": record_vision(reference), "pipeline": record(reference, example_picture(), VALIDATION_PROMPT, VALIDATION_TOKENS)}
+
+
+def _validate(tmp: Path, expected: dict) -> dict:
+    """ORT vision at an untraced batch, then the whole pipeline stage by stage, vs the record."""
+    from nuwa_export.export import validate
+    from nuwa_export.runtime.pipeline import Pipeline
+    from nuwa_export.verify import check
+
+    result = {"vision": validate.check_vision(tmp / VISION_FILE, expected["vision"])}
     pipeline = Pipeline(tmp, "ort", device="cpu")
     try:
-        checks = compare(pipeline, reference, example_picture(), VALIDATION_PROMPT, VALIDATION_TOKENS)
+        checks = check(pipeline, expected["pipeline"])
+        policy = pipeline.manifest.llm.dtype
     finally:
         pipeline.close()
     failed = [c for c in checks if not c.ok]
     if failed:
         raise NuwaError(f"validation failed: {failed[0].stage} ({failed[0].detail}) for the ONNX Runtime pipeline")
-    result["pipeline"] = {"backend": "ort", "prompt": VALIDATION_PROMPT, "checks": [c.as_dict() for c in checks]}
+    result["pipeline"] = {"backend": "ort", "policy": policy, "prompt": VALIDATION_PROMPT, "checks": [c.as_dict() for c in checks]}
     return result
 
 
@@ -244,6 +282,6 @@ def export_cli(args: argparse.Namespace) -> int:
     export(
         args.model, args.out, keep=args.keep, k1=args.stage_one_keep, k2=args.stage_two_keep,
         layer=args.stage_two_layer, prune=not args.no_prune, per_region=args.per_region,
-        distance=args.distance, percentile=args.percentile, force=args.force,
+        distance=args.distance, percentile=args.percentile, dtype=args.dtype, force=args.force,
     )
     return 0

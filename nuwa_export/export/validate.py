@@ -53,12 +53,23 @@ def compare(name: str, got: np.ndarray, want: np.ndarray) -> dict:
     return stats
 
 
-def validate_vision(path: Path, reference) -> dict:
-    """ORT ``vision.onnx`` vs :meth:`Reference.vision` on a batch the graph was not traced with."""
+def record_vision(reference) -> dict[str, np.ndarray]:
+    """What :meth:`Reference.vision` gives on :func:`validation_pixels` (NumPy: see :func:`check_vision`)."""
     pixels = validation_pixels(reference)
-    tokens, indices = ort_session(path).run(["image_tokens", "patch_indices"], {"pixel_values": pixels.numpy()})
-    want = reference.vision(pixels.to(reference.parts.dtype))
-    want_idx = want.indices.cpu().numpy()
+    with torch.inference_mode():
+        want = reference.vision(pixels.to(reference.parts.vision_dtype))
+    return {"pixel_values": pixels.numpy(), "image_tokens": want.tokens.float().cpu().numpy(), "patch_indices": want.indices.cpu().numpy()}
+
+
+def check_vision(path: Path, rec: dict[str, np.ndarray]) -> dict:
+    """ORT ``vision.onnx`` vs :func:`record_vision`, on a batch the graph was not traced with."""
+    tokens, indices = ort_session(path).run(["image_tokens", "patch_indices"], {"pixel_values": rec["pixel_values"]})
+    want_idx = rec["patch_indices"]
     if indices.shape != want_idx.shape or not np.array_equal(indices, want_idx):
         raise NuwaError("validation failed: vision.onnx patch_indices differ from the reference")
-    return {"batch": int(pixels.shape[0]), "image_tokens": compare("vision.onnx image_tokens", tokens, want.tokens.float().cpu().numpy()), "patch_indices": "identical"}
+    return {"batch": int(rec["pixel_values"].shape[0]), "image_tokens": compare("vision.onnx image_tokens", tokens, rec["image_tokens"]), "patch_indices": "identical"}
+
+
+def validate_vision(path: Path, reference) -> dict:
+    """:func:`record_vision` then :func:`check_vision`."""
+    return check_vision(path, record_vision(reference))

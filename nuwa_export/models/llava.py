@@ -109,6 +109,11 @@ class LlavaParts:
         return self.lm_head.weight.dtype
 
     @property
+    def vision_dtype(self) -> torch.dtype:
+        """The vision tower's dtype (float32 in exports, whatever the LLM's)."""
+        return self.projector.linear_1.weight.dtype
+
+    @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 

@@ -95,8 +95,14 @@ def inspect_checkpoint(model: str) -> CheckpointInfo:
     return CheckpointInfo(path, model_id, config)
 
 
-def load(model: str | CheckpointInfo, *, dtype: str | None = "auto", device: str | None = "auto") -> LoadedModel:
-    """Resolve ``model`` (alias, ``demo``, directory, hub id) and load it for Nüwa."""
+def load(
+    model: str | CheckpointInfo, *, dtype: str | None = "auto", device: str | None = "auto", vision_dtype: str | None = None
+) -> LoadedModel:
+    """Resolve ``model`` (alias, ``demo``, directory, hub id) and load it for Nüwa.
+
+    ``vision_dtype`` puts the vision tower and projector in another dtype than the LLM (exports
+    keep them in float32 so that stage one selects exactly what the reference selects).
+    """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
@@ -109,6 +115,9 @@ def load(model: str | CheckpointInfo, *, dtype: str | None = "auto", device: str
         path, dtype=torch_dtype, use_safetensors=True, attn_implementation="sdpa"
     )
     net.to(dev).eval()
+    if vision_dtype is not None:
+        net.model.vision_tower.to(DTYPES[vision_dtype])
+        net.model.multi_modal_projector.to(DTYPES[vision_dtype])
     tokenizer = AutoTokenizer.from_pretrained(path)
     parts = LlavaParts(net)
     image_config = ImageConfig.from_pretrained(path, parts.image_size)

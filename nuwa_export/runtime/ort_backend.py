@@ -45,10 +45,28 @@ class OrtBackend(Backend):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
-        def session(graph: str):
-            return ort.InferenceSession(str(directory / manifest.graphs[graph].file), opts, providers=self.providers)
+        llm_opts = opts
+        if manifest.llm.dtype != "float32" and self.providers[0] == "CPUExecutionProvider":
+            # ORT's CPU MatMul has no float16 kernel on x86: it runs float16 nodes in float32
+            # behind inserted Casts. Full optimisation folds those into float32 copies of every
+            # weight (twice the memory: 27 GB for 7B), so: basic optimisation (weights stay
+            # float16, memory-mapped), and casts scheduled next to their MatMul (priority order)
+            # into freed, not pooled, memory (no arena): the default order runs every Cast first,
+            # holding all float32 copies at once (a 7B export was OOM-killed at 24 GiB that way).
+            llm_opts = ort.SessionOptions()
+            llm_opts.log_severity_level = 3
+            llm_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            llm_opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+            llm_opts.enable_cpu_mem_arena = False
+            if not spinning:
+                llm_opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                llm_opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
-        self._vision, self._prefix, self._suffix = session("vision"), session("llm_prefix"), session("llm_suffix")
+        def session(graph: str, options):
+            return ort.InferenceSession(str(directory / manifest.graphs[graph].file), options, providers=self.providers)
+
+        self._vision = session("vision", opts)
+        self._prefix, self._suffix = session("llm_prefix", llm_opts), session("llm_suffix", llm_opts)
         layer, n = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
         self._prefix_past = kv_names("past", range(layer))
         self._suffix_past = kv_names("past", range(layer, n))

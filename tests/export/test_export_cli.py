@@ -55,10 +55,10 @@ def test_cli_bad_budgets(demo_dir, tmp_path, capsys, args, match):
 def test_failed_validation_leaves_nothing(demo_dir, tmp_path, monkeypatch):
     import nuwa_export.export.validate as validate
 
-    def broken(path, reference):
+    def broken(path, expected):
         raise NuwaError("validation failed: vision.onnx image_tokens differs from the reference")
 
-    monkeypatch.setattr(validate, "validate_vision", broken)
+    monkeypatch.setattr(validate, "check_vision", broken)
     with pytest.raises(NuwaError, match="validation failed"):
         pipeline.export(str(demo_dir), tmp_path / "exp", progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -73,7 +73,7 @@ def test_failure_keeps_the_previous_export(demo_dir, demo_export, tmp_path, monk
     shutil.copytree(demo_export, out)
     snapshot = lambda: {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     before = snapshot()
-    monkeypatch.setattr(validate, "validate_vision", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(validate, "check_vision", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         pipeline.export(str(demo_dir), out, force=True, progress=False)
     assert snapshot() == before
