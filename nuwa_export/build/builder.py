@@ -8,7 +8,7 @@ from pathlib import Path
 from nuwa_export import __version__
 from nuwa_export.atomic import atomic_dir
 from nuwa_export.build import sidecar as sc
-from nuwa_export.build.engine import BuildOptions, Profile, build_engine, import_tensorrt, load_plugin_library
+from nuwa_export.build.engine import BuildOptions, Profile, build_engine, import_tensorrt, load_plugin_library, strongly_typed
 from nuwa_export.build.targets import target
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
@@ -65,6 +65,14 @@ def build(
         if lib is None:
             raise NuwaError(f"--plugin needs the plugin library: pass --plugin-lib PATH or set {PLUGIN_ENV} (see docs/plugin.md)")
         load_plugin_library(lib)
+    typed = strongly_typed(trt)
+    llm_precision = {"float32": "fp32", "float16": "fp16"}.get(manifest.llm.dtype, manifest.llm.dtype)
+    if typed and precision != llm_precision:
+        raise NuwaError(
+            f"{builder} {trt.__version__} builds strongly typed networks only: engines run in the ONNX graphs' own types, "
+            f"here {llm_precision} for the LLM (fp32 vision); --precision {precision} needs an export with that dtype "
+            f"(nuwa-export --dtype), or use --precision {llm_precision}"
+        )
     name, cc = device_info()
     if cc is not None and builder == "tensorrt" and cc not in tgt.compute_capabilities:
         raise NuwaError(f"this GPU ({name}, SM {cc[0]}.{cc[1]}) is not a {profile} device; pick the profile of the GPU you build on")
@@ -75,11 +83,13 @@ def build(
         old_cache = directory / ENGINES_DIR / TIMING_CACHE
         if old_cache.is_file():
             (tmp / TIMING_CACHE).write_bytes(old_cache.read_bytes())
-        options = BuildOptions(precision, workspace, tgt.optimization_level, tmp / TIMING_CACHE)
         for graph in graphs_to_build(plugin):
+            # strongly typed: no flags ("fp32"); the sidecar records the graph's own precision
+            graph_precision = ("fp32" if graph.startswith("vision") else llm_precision) if typed else precision
+            options = BuildOptions("fp32" if typed else precision, workspace, tgt.optimization_level, tmp / TIMING_CACHE)
             spec = manifest.graphs[graph]
             profiles = manifest.engine_profiles[graph]
-            with steps(f"build {graph} ({builder} {trt.__version__}, {precision}, {len(profiles)} profile{'s' * (len(profiles) > 1)})"):
+            with steps(f"build {graph} ({builder} {trt.__version__}, {graph_precision}, {len(profiles)} profile{'s' * (len(profiles) > 1)})"):
                 plan = build_engine(
                     directory / spec.file,
                     [Profile({k: tuple(tuple(s) for s in v) for k, v in p.items()}) for p in profiles],
@@ -93,7 +103,7 @@ def build(
                 onnx_file=spec.file, onnx_sha256=manifest.files[spec.file].sha256,
                 engine_file=engine_file, engine_sha256=sha256_file(tmp / engine_file),
                 builder=builder, builder_version=trt.__version__, device_name=name,
-                compute_capability=list(cc) if cc else None, target=profile, precision=precision,
+                compute_capability=list(cc) if cc else None, target=profile, precision=graph_precision,
                 workspace_bytes=workspace, profiles=profiles,
                 plugin_library=lib.name if uses_plugin and lib else None,
                 plugin_library_sha256=sha256_file(lib) if uses_plugin and lib else None,

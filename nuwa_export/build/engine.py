@@ -55,11 +55,17 @@ class BuildOptions:
     timing_cache: Path | None = None  # read if present, written back (TensorRT; RTX has none)
 
 
+def strongly_typed(trt) -> bool:
+    """TensorRT for RTX (and TensorRT 11) have no precision flags: each engine runs in the ONNX
+    graph's own types (``nuwa-export --dtype``)."""
+    return getattr(trt.BuilderFlag, "FP16", None) is None
+
+
 def set_precision(trt, config, precision: str, builder: str) -> None:
     """fp16 / bf16 through the builder flags where this TensorRT still has them (10.x).
 
-    TensorRT for RTX (and TensorRT 11) build strongly typed networks: the precision is the
-    ONNX graph's own, float32 in our exports, so only ``fp32`` is possible there.
+    Strongly typed builders take ``fp32`` here, meaning "no flag": the graph's types decide
+    (:func:`nuwa_export.build.builder.build` has refused a precision the graphs do not have).
     """
     if precision == "fp32":
         return

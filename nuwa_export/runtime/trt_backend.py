@@ -96,7 +96,8 @@ class TrtBackend(Backend):
         keep = []  # device buffers must outlive the launch
         with torch.cuda.stream(self.stream):
             for key, array in inputs.items():
-                t = torch.from_numpy(np.ascontiguousarray(array)).cuda(non_blocking=False)
+                want = getattr(torch, _DTYPES[engine.get_tensor_dtype(key).name])  # the engine's type decides
+                t = torch.from_numpy(np.ascontiguousarray(array)).cuda(non_blocking=False).to(want)
                 keep.append(t)
                 ctx.set_input_shape(key, tuple(t.shape))
                 ctx.set_tensor_address(key, self._address(t))
@@ -113,7 +114,8 @@ class TrtBackend(Backend):
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"TensorRT failed to run the {name} engine")
         self.stream.synchronize()
-        return [t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy() for t in outputs]
+        # float16 KV stays float16 (it is fed back as the next past); NumPy has no bfloat16
+        return [(t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy() for t in outputs]
 
     def _address(self, t) -> int:
         if t.numel() == 0:  # empty past: TensorRT still wants a valid address

@@ -130,3 +130,21 @@ def test_full_tensorrt_missing_names_the_package(demo_export, capsys):
         pass
     assert build_main([str(demo_export)]) == 1
     assert "pip install tensorrt-cu12" in capsys.readouterr().err
+
+
+@pytest.mark.trt_rtx
+def test_float16_export_builds_strongly_typed(checkpoint_factory, tmp_path, capsys):
+    """TensorRT for RTX takes a float16 export as typed: fp16 LLM engines, an fp32 vision engine;
+    asking for fp32 engines from float16 graphs is refused."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed (pip install tensorrt-rtx-cu13)")
+    from nuwa_export.export.pipeline import export
+
+    from tests.conftest import SMALL
+
+    d = tmp_path / "exp"
+    export(str(checkpoint_factory(0, **SMALL)), d, keep=8, dtype="float16", progress=False)
+    assert build_main([str(d), "--builder", "tensorrt-rtx", "--precision", "fp32"]) == 1
+    assert "here fp16 for the LLM (fp32 vision)" in capsys.readouterr().err
+    sidecars = build(d, precision="fp16", builder="tensorrt-rtx", progress=False)
+    assert {g: s.precision for g, s in sidecars.items()} == {"vision": "fp32", "llm_prefix": "fp16", "llm_suffix": "fp16"}
+    assert all((d / "engines" / s.engine_file).stat().st_size > 0 for s in sidecars.values())
