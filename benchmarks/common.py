@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 #: README sections, in this order (each one only if its JSON exists).
-BENCHMARKS = ("pruning_pays", "export_vs_eager", "vision_overhead")
+BENCHMARKS = ("pruning_pays", "export_vs_eager", "vision_overhead", "scale")
 PACKAGES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
 
 #: A LLaVA-1.5-7B-proportioned model that fits a 2-core CPU (used by pruning_pays and export_vs_eager).
@@ -112,7 +112,7 @@ Regenerate every number on a clean clone (after `scripts/setup.sh`; the time the
 
 ```bash
 .venv/bin/python benchmarks/run_all.py                          # runs every benchmark, then renders this file
-.venv/bin/python benchmarks/run_all.py --reuse vision_overhead  # keep results/vision_overhead.json (the longest)
+.venv/bin/python benchmarks/run_all.py --reuse scale            # keep results/scale.json (the longest: a 7B-shaped export, ~30 GB of disk)
 .venv/bin/python benchmarks/run_all.py --render-only            # only re-render this file from results/*.json
 ```
 {last}

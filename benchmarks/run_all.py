@@ -1,7 +1,7 @@
 """Regenerate every number in ``benchmarks/README.md``: run each benchmark, then render the README
 from all ``results/*.json``.
 
-    .venv/bin/python benchmarks/run_all.py                          # everything (~12-15 min on 2 CPU cores)
+    .venv/bin/python benchmarks/run_all.py                          # everything (~20-25 min on 2 CPU cores, ~7 of them scale; ~30 GB of disk)
     .venv/bin/python benchmarks/run_all.py --reuse vision_overhead  # keep that benchmark's JSON
     .venv/bin/python benchmarks/run_all.py --render-only            # only re-render the README
 """
@@ -24,6 +24,7 @@ SCRIPTS = {
     "pruning_pays": ["--runs", "8", "--warmup", "2"],
     "export_vs_eager": ["--runs", "20", "--warmup", "3"],
     "vision_overhead": ["--runs", "5", "--warmup", "1"],
+    "scale": ["--sizes", "7b"],
 }
 
 
