@@ -37,8 +37,14 @@ def _cmd(args: list[str]) -> str:
     return " \\\n  ".join(['"$TRTEXEC"', *(a if '"$' in a else shlex.quote(a) for a in args), '"$@"'])
 
 
+FLOAT16_NOTE = """# The LLM graphs are float16 (nuwa-export --dtype float16), the vision graph float32. TensorRT 10
+# builds weakly typed: pass --fp16 to keep the LLM in fp16, or --stronglyTyped to run every graph
+# in its own types (what TensorRT for RTX and TensorRT 11 always do).
+"""
+
+
 def script(m: Manifest) -> str:
-    lines = [HEADER.format(version=__version__)]
+    lines = [HEADER.format(version=__version__) + (FLOAT16_NOTE if m.llm.dtype == "float16" else "")]
     for graph, spec in sorted(m.graphs.items()):
         profiles = m.engine_profiles[graph]
         engine = f"engines/{graph}.plan"

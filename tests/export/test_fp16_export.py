@@ -55,6 +55,11 @@ def test_graph_and_asset_dtypes(fp16_export):
     assert load_file(fp16_export / "embeddings.safetensors")["embed_tokens"].dtype == np.float16
 
 
+def test_trtexec_script_says_how_to_build_float16(fp16_export, demo_export):
+    assert "--stronglyTyped" in (fp16_export / "trtexec.sh").read_text()
+    assert "--stronglyTyped" not in (demo_export / "trtexec.sh").read_text()
+
+
 def test_llm_weights_are_stored_in_float16(fp16_export):
     import onnx
 
