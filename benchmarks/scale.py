@@ -10,7 +10,7 @@ The 7B run needs about 30 GB of disk in ``--workdir``.
 
     .venv/bin/python benchmarks/scale.py --sizes 7b
     .venv/bin/python benchmarks/scale.py --sizes small                   # smoke test, ~30 s
-    .venv/bin/python benchmarks/scale.py --checkpoint /tmp/nuwa-7b-ckpt  # reuse a built checkpoint
+    .venv/bin/python benchmarks/scale.py --checkpoint CKPT_DIR           # reuse a built checkpoint
 """
 
 from __future__ import annotations
@@ -165,6 +165,9 @@ def run(args: argparse.Namespace, workdir: Path, command: str) -> dict:
         fail("the export", export, workdir / "export.log")
         return result
     export["steps_s"] = step_times(workdir / "export.log")
+    for step in (result.get("build"), export):
+        if step:
+            step["command"] = portable(step["command"], workdir, args.checkpoint)
     manifest = json.loads((out / "manifest.json").read_text())
     files = file_sizes(out)
     result["output"] = {"bytes": sum(files.values()), "files": files}
@@ -174,6 +177,22 @@ def run(args: argparse.Namespace, workdir: Path, command: str) -> dict:
     result["validation_summary"] = validation_summary(manifest["validation"])
     result["load_average_at_end"] = list(os.getloadavg())
     return result
+
+
+def portable(cmd: list[str], workdir: Path, checkpoint: Path | None = None) -> list[str]:
+    """``cmd`` as recorded in the JSON: this machine's paths become ``WORKDIR``, ``CHECKPOINT``
+    and ``.venv/bin/...``, so the record reads the same wherever it ran."""
+    venv_bin = os.path.abspath(Path(sys.executable).parent)
+    out = []
+    for a in cmd:
+        if checkpoint is not None and a == str(checkpoint.resolve()):
+            a = "CHECKPOINT"
+        elif a.startswith(str(workdir)):
+            a = "WORKDIR" + a[len(str(workdir)):]
+        elif a.startswith(venv_bin + "/"):
+            a = ".venv/bin/" + a[len(venv_bin) + 1:]
+        out.append(a)
+    return out
 
 
 def step_times(log: Path) -> dict[str, float]:

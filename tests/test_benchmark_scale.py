@@ -41,6 +41,9 @@ def test_json_records_memory_time_and_validation(scale_run):
     assert r["budgets"]["keep"] == 64 and r["wall_s"] > 0
     assert not (tmp / "work" / "ckpt").exists() and not (tmp / "work" / "export").exists()  # no --keep-files
     assert (tmp / "work" / "export.log").is_file()
+    for step in (r["build"], r["export"]):  # recorded without this machine's paths
+        assert not any(str(tmp) in a or a.startswith("/") for a in step["command"]), step["command"]
+    assert "WORKDIR/export" in r["export"]["command"] and r["export"]["command"][0] == ".venv/bin/nuwa-export"
     steps = r["export"]["steps_s"]
     assert any(k.startswith("trace LLM layers") for k in steps) and any(k.startswith("validate against") for k in steps)
     assert all(v >= 0 for v in steps.values()) and sum(steps.values()) <= r["export"]["wall_s"]

@@ -6,7 +6,7 @@ biases 0; the LLM's initializer_range everywhere, CLIP's per-layer scaling is no
 writes them as sharded safetensors. Peak memory is about one shard plus one chunk,
 so a LLaVA-1.5-7B-shaped checkpoint (13.5 GB in fp16) builds on a machine with far less RAM.
 
-    python -m nuwa_export.models.synthetic /tmp/nuwa-7b-ckpt --sizes 7b
+    python -m nuwa_export.models.synthetic CKPT_DIR --sizes 7b
 """
 
 from __future__ import annotations
