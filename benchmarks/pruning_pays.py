@@ -241,7 +241,7 @@ of the benchmark model (ORT default threads), with its own FLOPs ratio and the m
 - With {g['suffix']['tokens']['pruned']} tokens the GEMMs are thin (M = {g['suffix']['tokens']['pruned']}). Every layer still streams its whole
   weight matrices from memory, and packing and threading overheads do not shrink with M. A single decode token, which is almost
   only that fixed cost, takes {dpt:.0f} ms for all {bp['num_layers']} layers (≈ {dpt / 2:.0f} ms per graph). That fixed cost does not get smaller with pruning, so it caps the speed-up.
-  The paper's own A100 prefill numbers (NUWA_SPEC §7: 124 ms full, ≈ 47 ms Nüwa-64) are 2.6× against the same model's 9.2× bound.
+  The paper's own A100 prefill numbers (`docs/algorithm.md` §9: 124 ms full, ≈ 47 ms Nüwa-64) are 2.6× against the same model's 9.2× bound.
 - The FLOPs model counts 2 MLP matmuls where Llama's SwiGLU runs 3, and it leaves out the lm_head, the embeddings and
   stage two. All of these are small here ({r['model']['sizes']['vocab_size']}-token vocabulary; stage two is
   {t['pruned']['stage_two']['median']:.1f} ms).

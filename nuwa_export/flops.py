@@ -1,6 +1,6 @@
 """The paper's analytic FLOPs model for vision tokens in the LLM, and the prefill speed-up bound.
 
-NUWA_SPEC §7: one decoder layer processing ``S`` tokens costs
+docs/algorithm.md §9: one decoder layer processing ``S`` tokens costs
 
     8·S·H²  (Q, K, V, O projections: 4 matmuls of [S, H] × [H, H], 2 FLOPs per MAC)
   + 4·S²·H  (Q·Kᵀ and attention·V: 2 matmuls of [S, H] × [H, S])

@@ -25,7 +25,7 @@ from nuwa_export.sampling import SamplingConfig
 
 @dataclass(frozen=True)
 class StageOneOptions:
-    """Stage-one knobs (NUWA_SPEC §2 defaults)."""
+    """Stage-one knobs (defaults: docs/algorithm.md §6)."""
 
     per_region: int | None = None
     distance: float = 280.0
@@ -37,7 +37,7 @@ class VisionOutput:
     """``tokens [B, K1, D_llm]`` projected; ``indices [B, K1]`` int64 ascending patch indices.
 
     ``pillars [B, K1]`` bool marks the stage-one anchors that are pillars (anchor score at or
-    above the ``percentile`` quantile, NUWA_SPEC §2.3); None when pruning is off.
+    above the ``percentile`` quantile, docs/algorithm.md §2.4); None when pruning is off.
     """
 
     tokens: torch.Tensor

@@ -1,4 +1,4 @@
-"""The analytic FLOPs model against the paper's numbers (NUWA_SPEC §7)."""
+"""The analytic FLOPs model against the paper's numbers (docs/algorithm.md §9)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_speedup_bound():
     # text is never pruned, so counting it lowers the bound; no pruning bounds at 1
     assert 1 < speedup_bound(LLAVA_7B, 576, 112, 16, 16, text_tokens=40) < speedup_bound(LLAVA_7B, 576, 112, 16, 16)
     assert speedup_bound(LLAVA_7B, 576, 576, 576, 16) == 1.0
-    # larger budgets (keep 128, 192: NUWA_SPEC §1) cost more
+    # larger budgets (keep 128, 192: docs/algorithm.md §1) cost more
     assert speedup_bound(LLAVA_7B, 576, 224, 32, 16) > speedup_bound(LLAVA_7B, 576, 336, 48, 16) > 1
 
 

@@ -1,4 +1,4 @@
-// CUDA implementation of the nuwa::SwarmAggregate node (NUWA_SPEC §2, step 3).
+// CUDA implementation of the nuwa::SwarmAggregate node (docs/algorithm.md §2.4).
 //
 // Inputs (row-major, contiguous, on the device):
 //   features      F [B, N, D]   float32 or float16: patch features to merge

@@ -1,4 +1,4 @@
-"""Pure tensor functions of the Nüwa algorithm (NUWA_SPEC.md); no transformers import here."""
+"""Pure tensor functions of the Nüwa algorithm (docs/algorithm.md); no transformers import here."""
 
 from nuwa_export.pruning.budgets import Budgets, budgets, default_keep, resolve_budgets
 from nuwa_export.pruning.positions import decode_position, position_ids

@@ -1,4 +1,4 @@
-"""Token budgets (NUWA_SPEC §1): an average `keep` split into stage one K1 and stage two K2."""
+"""Token budgets (docs/algorithm.md §1): an average `keep` split into stage one K1 and stage two K2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Spatial positions (NUWA_SPEC §3): kept tokens keep the position they had with every patch."""
+"""Spatial positions (docs/algorithm.md §3): kept tokens keep the position they had with every patch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage two of Nüwa, inside the LLM (NUWA_SPEC §4)."""
+"""Stage two of Nüwa, inside the LLM (docs/algorithm.md §4)."""
 
 from __future__ import annotations
 

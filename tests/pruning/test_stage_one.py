@@ -15,7 +15,7 @@ from nuwa_export.pruning import aggregation_weights, default_per_region, separat
 
 
 def plain_stage_one(agg, sim, a, h, w, keep, n, distance=280.0, percentile=0.55):
-    """One image, float64, loops and the full N×N matrix: NUWA_SPEC §2 read literally."""
+    """One image, float64, loops and the full N×N matrix: docs/algorithm.md §2 read literally."""
     agg, sim, a = (np.asarray(x, np.float64) for x in (agg, sim, a))
     cands = []
     for ry in range(h // 2):
@@ -77,7 +77,7 @@ def test_matches_plain_with_options():
 
 
 def test_budget_table_per_region():
-    """NUWA_SPEC §1 table: 576 patches, K1 112/224/336 → n 1/2/3."""
+    """docs/algorithm.md §1 table: 576 patches, K1 112/224/336 → n 1/2/3."""
     assert [default_per_region(k, (24, 24)) for k in (112, 224, 336)] == [1, 2, 3]
     assert default_per_region(576, (24, 24)) == 4
 
