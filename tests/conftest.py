@@ -8,8 +8,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
-SMALL = {"image_size": 112, "vision_layers": 3, "text_layers": 4}  # 8x8 patches: fast
-
 
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):

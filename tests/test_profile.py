@@ -39,7 +39,7 @@ def ort_report(demo_export, tmp_path_factory):
     return json.loads((d / "r.json").read_text()), out, d / "r.png"
 
 
-def test_report_schema(ort_report):
+def test_report_schema(ort_report, demo_dir, demo_export):
     report, out, _ = ort_report
     assert report["schema_version"] == 1
     assert set(report) == {"schema_version", "machine", "versions", "export", "settings", "generated_tokens", "stages_ms", "memory", "kv_cache", "flops"}
@@ -57,10 +57,25 @@ def test_report_schema(ort_report):
     assert stages["tokens_per_s"]["all"] == pytest.approx([1000 / v for v in stages["decode_per_token"]["all"]])
     assert report["memory"]["rss_peak_bytes"] > 2**20 and report["memory"]["cuda_peak_allocated_bytes"] is None
     kv = report["kv_cache"]
-    assert kv["prefix_layers"]["bytes"] + kv["suffix_layers"]["bytes"] == kv["total_bytes"] > 0
     assert kv["prefix_layers"]["vision_tokens"] == 49 and kv["suffix_layers"]["vision_tokens"] == 7
     assert kv["prefix_layers"]["layers"] == [0, 2] and kv["suffix_layers"]["layers"] == [2, 4]
-    assert kv["unpruned_bytes"] > kv["total_bytes"] and report["flops"] is None
+    # the bytes the caches must hold, from the checkpoint's config and the prompt alone
+    from transformers import AutoTokenizer
+
+    config = json.loads((demo_dir / "config.json").read_text())
+    text, dtype = config["text_config"], config.get("dtype") or config["torch_dtype"]  # the export keeps it
+    itemsize = np.dtype(dtype).itemsize
+    per_entry = 2 * text["num_key_value_heads"] * text["head_dim"] * itemsize  # K and V, per layer and token
+    tokenizer = AutoTokenizer.from_pretrained(demo_export / "tokenizer")
+    prompt = len(tokenizer(f"USER: <image>\n{report['settings']['prompt']} ASSISTANT:").input_ids) - 1  # BOS in, <image> out
+    seq = prompt + TOKENS - 1  # text and fed-back tokens (the last one is never fed back)
+    layers, split = text["num_hidden_layers"], 2
+    assert report["export"]["llm_dtype"] == dtype == "float32" and report["settings"]["prompt_tokens"] == prompt
+    assert kv["bytes_per_element"] == itemsize
+    assert kv["prefix_layers"]["bytes"] == split * (seq + 49) * per_entry
+    assert kv["suffix_layers"]["bytes"] == (layers - split) * (seq + 7) * per_entry
+    assert kv["total_bytes"] == kv["prefix_layers"]["bytes"] + kv["suffix_layers"]["bytes"]  # measured on the caches
+    assert kv["unpruned_bytes"] == layers * (seq + 16 * 16) * per_entry and report["flops"] is None
     for word in ("median", "p90", "time_to_first_token", "tokens_per_s", "KV cache"):
         assert word in out
 

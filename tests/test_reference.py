@@ -11,7 +11,7 @@ from nuwa_export.pruning import position_ids, resolve_budgets, stage_one, stage_
 from nuwa_export.reference import Reference
 from nuwa_export.sampling import SamplingConfig
 
-from tests.conftest import SMALL
+from tests.helpers import SMALL
 
 
 def _reference(loaded, prune=True, **kw):
@@ -116,8 +116,12 @@ def test_generation_with_pruning_runs_and_reports(loaded_demo, demo_dir):
     assert len(res.generated_ids) == 12
     assert len(res.stage_one_indices) == ref.budgets.k1 and len(res.stage_two_indices) == ref.budgets.k2
     assert set(res.stage_two_indices) <= set(res.stage_one_indices)
-    for stage in ("vision", "stage_one", "prefix", "stage_two", "suffix", "decode", "time_to_first_token"):
-        assert res.timings_ms[stage] >= 0
+    ms = res.timings_ms
+    prefill = ("preprocess", "vision", "stage_one", "projector", "prefix", "stage_two", "suffix")
+    assert all(ms[stage] > 0 for stage in (*prefill, "decode")), ms  # every stage lapped, in real time
+    assert ms["time_to_first_token"] == pytest.approx(sum(ms[stage] for stage in prefill))  # taken after the suffix
+    assert ms["total"] == pytest.approx(ms["time_to_first_token"] + ms["decode"])
+    assert ms["decode_per_token"] == pytest.approx(ms["decode"] / 11)  # 12 tokens: 11 decode steps
     # two KV groups: the bytes held match the per-group lengths
     t = 12 - 1
     pr, b = res.prompt, ref.budgets

@@ -45,7 +45,8 @@ def test_builds_every_graph_with_correct_sidecars(built):
         on_disk = sc.read(sc.path_for(d / "engines", graph))
         assert on_disk == s
         assert s.builder == "tensorrt-rtx" and s.builder_version == tensorrt_rtx.__version__
-        assert s.precision == "fp32" and s.target == "datacenter" and s.device_name is None
+        assert s.precision == "fp32" and s.target == "datacenter"
+        assert (s.device_name, s.compute_capability) == _gpu()  # None, None: built offline
         assert s.onnx_sha256 == m.files[s.onnx_file].sha256
         assert s.engine_sha256 == mf.sha256_file(d / "engines" / s.engine_file)
         assert s.profiles == m.engine_profiles[graph] and s.plugin_library_sha256 is None
@@ -93,9 +94,21 @@ def test_wrong_plugin_library_is_refused(built, tmp_path):
         checked_sidecars(d, plugin_lib=lib)
 
 
-def test_no_gpu_is_one_line(built, capsys):
+def test_no_gpu_is_one_line(built, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no GPU, whatever this machine has
     assert run_main([str(built[0]), "--prompt", "hi", "--backend", "trt"]) == 1
     assert capsys.readouterr().err.strip() == "nuwa-run: error: the trt backend needs a CUDA GPU and a CUDA build of torch (this torch sees no GPU)"
+
+
+def _gpu() -> tuple[str | None, list[int] | None]:
+    """(name, compute capability) of the GPU torch sees, as a sidecar records them; (None, None) without."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, None
+    return torch.cuda.get_device_name(0), list(torch.cuda.get_device_capability(0))
 
 
 def _edit(d, graph, **changes):
@@ -139,7 +152,7 @@ def test_float16_export_builds_strongly_typed(checkpoint_factory, tmp_path, caps
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed (pip install tensorrt-rtx-cu13)")
     from nuwa_export.export.pipeline import export
 
-    from tests.conftest import SMALL
+    from tests.helpers import SMALL
 
     d = tmp_path / "exp"
     export(str(checkpoint_factory(0, **SMALL)), d, keep=8, dtype="float16", progress=False)

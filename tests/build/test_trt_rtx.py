@@ -4,23 +4,41 @@ from __future__ import annotations
 
 import pytest
 
-from nuwa_export.build.engine import Profile, build_engine
+from nuwa_export.build.engine import Profile, build_engine, parse
 from nuwa_export.errors import NuwaError
+
+from tests.helpers import cuda_device_count
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed (pip install tensorrt-rtx-cu13)")
 pytestmark = pytest.mark.trt_rtx
 
 STATIC = Profile({"pixel_values": ((1, 3, 224, 224),) * 3})
+VISION_IO = [  # name, shape (-1: dynamic batch), TensorRT type name
+    ("pixel_values", (-1, 3, 224, 224), "FLOAT"), ("image_tokens", (-1, 49, 128), "FLOAT"), ("patch_indices", (-1, 49), "INT64"),
+]
 
 
 def test_vision_graph_builds_with_the_function_inlined(demo_export):
     plan = build_engine(demo_export / "vision.onnx", [STATIC], builder="tensorrt-rtx")
     assert len(plan) > 100_000
-    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
-    engine = runtime.deserialize_cuda_engine(plan) if hasattr(runtime, "deserialize_cuda_engine") else None
-    if engine is not None:  # deserialising may need a GPU; when it works, check the I/O
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        assert names == ["pixel_values", "image_tokens", "patch_indices"]
+    # the engine's I/O is its network's: check it on the parsed INetworkDefinition (no GPU needed)
+    _, network, _ = parse(trt, demo_export / "vision.onnx")
+    tensors = [network.get_input(i) for i in range(network.num_inputs)] + [network.get_output(i) for i in range(network.num_outputs)]
+    assert [(t.name, tuple(t.shape), t.dtype.name) for t in tensors] == VISION_IO
+
+
+@pytest.mark.gpu
+def test_vision_engine_deserializes_with_the_same_io(demo_export):
+    if cuda_device_count() == 0:
+        pytest.skip("no CUDA GPU (libcuda.so.1 missing or no device): TensorRT for RTX cannot deserialize an engine here")
+    plan = build_engine(demo_export / "vision.onnx", [STATIC], builder="tensorrt-rtx")
+    engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
+    assert engine is not None, "TensorRT for RTX could not deserialize the vision engine on this GPU"
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    io = [(n, tuple(engine.get_tensor_shape(n)), engine.get_tensor_dtype(n).name) for n in names]
+    assert io == VISION_IO
+    modes = [engine.get_tensor_mode(n) for n in names]
+    assert modes == [trt.TensorIOMode.INPUT, trt.TensorIOMode.OUTPUT, trt.TensorIOMode.OUTPUT]
 
 
 def test_plugin_variant_asks_for_the_plugin(demo_export):

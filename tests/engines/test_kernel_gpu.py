@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import cuda_device_count
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.gpu
-
-
-def cuda_device_count() -> int:
-    """GPUs the CUDA driver sees (0 without a driver); torch may be a CPU build, so ask the driver."""
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0
-    count = ctypes.c_int(0)
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
 
 
 def test_kernel_matches_the_reference(kernel_library):

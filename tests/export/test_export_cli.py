@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,22 +83,44 @@ def test_failure_keeps_the_previous_export(demo_dir, demo_export, tmp_path, monk
 
 
 def test_ctrl_c_leaves_nothing_half_written(demo_dir, tmp_path):
-    """A real SIGINT to a running nuwa-export, once its temporary directory exists."""
+    """A real SIGINT to a running nuwa-export, while it writes into its temporary directory."""
     out = tmp_path / "exp"
     proc = subprocess.Popen(
         [str(BIN / "nuwa-export"), "--model", str(demo_dir), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and not _leftovers(tmp_path, "exp") and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "export finished before it could be interrupted"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read():  # stderr, line by line, then None at EOF
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen, deadline = [], time.monotonic() + 300
+    try:
+        # the first step done inside the temporary directory: the export is now writing into it
+        while not any(line.startswith("✓ trace vision tower") for line in seen):
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail("nuwa-export printed no '✓ trace vision tower' line within 300 s:\n" + "".join(seen))
+            assert line is not None, "nuwa-export exited before it could be interrupted:\n" + "".join(seen)
+            seen.append(line)
+        assert proc.poll() is None and _leftovers(tmp_path, "exp"), "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()  # a no-op once it has exited
+        proc.wait()
+    reader.join(timeout=30)
+    while not lines.empty():
+        seen.append(lines.get_nowait() or "")
+    err = "".join(seen)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err and err.strip().endswith("nuwa-export: interrupted")
-    assert list(tmp_path.iterdir()) == []
+    assert "Traceback" not in err and err.strip().endswith("nuwa-export: interrupted"), err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing at --out, no temporary left
 
 
 BLOCK = """

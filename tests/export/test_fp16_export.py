@@ -16,7 +16,7 @@ from nuwa_export.runtime.backend import Backend
 from nuwa_export.runtime.pipeline import Pipeline
 from nuwa_export.verify import POLICIES, check, near_tie_sets, near_tie_tokens, record
 
-from tests.conftest import SMALL
+from tests.helpers import SMALL, record_ort_sessions
 
 FP16 = POLICIES["float16"]
 
@@ -88,15 +88,19 @@ def test_runs_with_fp16_kv_cache(fp16_export, capsys):
     assert out["kv_cache_bytes"] == entries * 2 * llm.num_kv_heads * llm.head_dim * 2  # key + value, 2 bytes each
 
 
-def test_ort_cpu_keeps_float16_weights_unfolded(fp16_export):
+def test_ort_cpu_keeps_float16_weights_unfolded(fp16_export, monkeypatch):
     import onnxruntime as ort
 
+    graphs = mf.read(fp16_export).graphs
+    sessions = record_ort_sessions(monkeypatch)
     pipeline = Pipeline(fp16_export, "ort", "cpu")
     try:
-        opts = pipeline.backend._prefix.get_session_options()
-        assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        assert opts.execution_order == ort.ExecutionOrder.PRIORITY_BASED and not opts.enable_cpu_mem_arena
-        assert pipeline.backend._vision.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for graph in ("llm_prefix", "llm_suffix"):
+            opts = sessions[graphs[graph].file].get_session_options()
+            assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, graph
+            assert opts.execution_order == ort.ExecutionOrder.PRIORITY_BASED and not opts.enable_cpu_mem_arena, graph
+        vision = sessions[graphs["vision"].file].get_session_options()
+        assert vision.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     finally:
         pipeline.close()
 

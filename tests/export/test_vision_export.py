@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import onnx
@@ -38,7 +39,7 @@ def test_export_directory(demo_export):
     assert {"torch", "transformers", "onnx"} <= set(m.versions)
 
 
-def test_graph_has_one_swarm_node_with_body_and_plugin_variant_without(demo_export):
+def test_graph_has_one_swarm_node_with_body_and_plugin_variant_without(demo_export, demo_dir):
     full = onnx.load(demo_export / "vision.onnx")
     plugin = onnx.load(demo_export / "vision.plugin.onnx")
     for model in (full, plugin):
@@ -50,8 +51,16 @@ def test_graph_has_one_swarm_node_with_body_and_plugin_variant_without(demo_expo
     assert [(f.domain, f.name) for f in full.functions] == [(OP_DOMAIN, OP_NAME)]
     assert not plugin.functions
     # nothing else in the graph is custom, and no eager attention maps: one Softmax per CLIP layer
-    # plus the one CLS row
+    # (all 1 + N queries, the tower's own attention) plus the one CLS row (a single query)
     assert {n.domain for n in full.graph.node} <= {"", OP_DOMAIN}
+    vision = json.loads((demo_dir / "config.json").read_text())["vision_config"]
+    queries = 1 + (vision["image_size"] // vision["patch_size"]) ** 2
+    for model in (full, plugin):
+        typed = onnx.shape_inference.infer_shapes(model)
+        shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim] for v in typed.graph.value_info}
+        softmax = [shapes[n.input[0]] for n in model.graph.node if n.op_type == "Softmax"]
+        assert sorted(s[2] for s in softmax) == [1] + [queries] * vision["num_hidden_layers"], softmax
+        assert all(s[1] == vision["num_attention_heads"] for s in softmax), softmax  # [B, heads, queries, keys]
     # round trip: stripping then attaching the body gives the original bytes back
     assert ops.attach_function(plugin).SerializeToString() == full.SerializeToString()
 

@@ -16,7 +16,7 @@ from nuwa_export.runtime.pipeline import Pipeline
 from nuwa_export.sampling import SamplingConfig
 from nuwa_export.verify import compare
 
-from tests.conftest import SMALL
+from tests.helpers import SMALL, record_ort_sessions
 
 TOKENS = 24
 
@@ -114,15 +114,20 @@ def test_sampling_matches_reference(demo_export):
     assert got == reference.generate(_example(), "Describe it.", cfg).generated_ids
 
 
-def test_ort_sessions_do_not_spin_by_default(demo_export):
+def test_ort_sessions_do_not_spin_by_default(demo_export, monkeypatch):
     """Three sessions run back to back: spin-waiting threads of one would take CPU from the next."""
     from nuwa_export.runtime.ort_backend import OrtBackend
 
     manifest = mf.read(demo_export)
-    quiet = OrtBackend(demo_export, manifest, "cpu")
-    spinning = OrtBackend(demo_export, manifest, "cpu", spinning=True)
-    key = "session.intra_op.allow_spinning"
-    for session in (quiet._vision, quiet._prefix, quiet._suffix):
-        assert session.get_session_options().get_session_config_entry(key) == "0"
-    with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: spinning
-        spinning._prefix.get_session_options().get_session_config_entry(key)
+    files = [manifest.graphs[g].file for g in ("vision", "llm_prefix", "llm_suffix")]
+    sessions = record_ort_sessions(monkeypatch)
+    OrtBackend(demo_export, manifest, "cpu")
+    quiet = dict(sessions)
+    sessions.clear()
+    OrtBackend(demo_export, manifest, "cpu", spinning=True)
+    assert sorted(quiet) == sorted(sessions) == sorted(files)
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        for name in files:
+            assert quiet[name].get_session_options().get_session_config_entry(key) == "0", (name, key)
+            with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: spinning
+                sessions[name].get_session_options().get_session_config_entry(key)
