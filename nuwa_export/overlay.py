@@ -23,12 +23,12 @@ and a legend strip is added below the picture. The file is written atomically.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from nuwa_export.atomic import check_output_file, write_file
 from nuwa_export.errors import NuwaError
 from nuwa_export.image import ImageConfig, padded_geometry
 
@@ -48,8 +48,7 @@ def check_output(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in Image.registered_extensions():
         raise NuwaError(f"{path}: unknown image format '{path.suffix}' (use .png)")
-    if not path.parent.is_dir():
-        raise NuwaError(f"cannot write {path}: directory {path.parent} does not exist")
+    check_output_file(path)  # its directory exists and is writable; not a directory, link or device
     return path
 
 
@@ -206,11 +205,5 @@ def _entries(grid, stage_one, stage_two, pillars, layer, hidden: int) -> list[tu
 
 
 def _save(image: Image.Image, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise NuwaError(f"cannot write {path} ({e.strerror or e})") from None
-    return path
+    check_output(path)
+    return write_file(path, lambda tmp: image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()]))

@@ -59,7 +59,7 @@ def stage_times(timings_ms: dict[str, float]) -> dict[str, float]:
 
 
 def kv_cache(result, manifest: mf.Manifest) -> dict:
-    """KV-cache bytes after a run, split into the two groups (NUWA_SPEC §4).
+    """KV-cache bytes after a run, split into the two groups (docs/algorithm.md §5).
 
     Layers ``[0, L)`` hold ``b + K1 + c`` prompt entries, layers ``[L, N)`` hold ``b + K2 + c``;
     both hold ``g - 1`` generated entries (the last token is never fed back). ``unpruned_bytes``
@@ -246,15 +246,10 @@ class _progress:
 
 def write_json(report: dict, path: str | Path) -> Path:
     """Write ``report`` atomically (a temporary sibling, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise NuwaError(f"cannot write {path} ({e.strerror or e})") from None
-    return path
+    from nuwa_export.atomic import write_file
+
+    text = json.dumps(report, indent=2) + "\n"
+    return write_file(path, lambda tmp: tmp.write_text(text))
 
 
 def profile_cli(args: argparse.Namespace) -> int:
@@ -269,8 +264,10 @@ def profile_cli(args: argparse.Namespace) -> int:
 
     if args.plot:
         check_plot_path(args.plot)
-    if args.json and not Path(args.json).expanduser().parent.is_dir():
-        raise NuwaError(f"cannot write {args.json}: directory {Path(args.json).parent} does not exist")
+    if args.json:
+        from nuwa_export.atomic import check_output_file
+
+        check_output_file(args.json)
     report = profile(
         args.export_dir, args.image, args.prompt, backend=args.backend, device=args.device, dtype=args.dtype,
         runs=args.runs, warmup=args.warmup, max_new_tokens=args.max_new_tokens, progress=sys.stderr.isatty(),

@@ -11,10 +11,10 @@ Its size is fixed (:data:`FIGSIZE` at :data:`DPI`), so tests and documents can r
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from nuwa_export.atomic import check_output_file, write_file
 from nuwa_export.errors import NuwaError
 from nuwa_export.profile import PREFILL_PARTS
 
@@ -72,8 +72,7 @@ def check_plot_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in PLOT_FORMATS:
         raise NuwaError(f"{path}: the chart is written as {', '.join(PLOT_FORMATS)}, not '{path.suffix}'")
-    if not path.parent.is_dir():
-        raise NuwaError(f"cannot write {path}: directory {path.parent} does not exist")
+    check_output_file(path)  # its directory exists and is writable; not a directory, link or device
     return path
 
 
@@ -94,11 +93,7 @@ def plot(report: dict, path: str | Path) -> Path:
         _bars(bottom, stages)
         fig.suptitle(_title(report), fontsize=11, x=0.01, ha="left")
         fig.tight_layout(rect=(0, 0, 1, 0.95))
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=DPI)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise NuwaError(f"cannot write {path} ({e.strerror or e})") from None
+        write_file(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=DPI))
     finally:
         plt.close(fig)
     return path

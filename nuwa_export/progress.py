@@ -16,8 +16,12 @@ class Steps:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        from nuwa_export.interrupt import checkpoint
+
+        checkpoint()  # a Ctrl-C that a destructor swallowed stops the command at the next step
         t = time.perf_counter()
         with self.console.status(name):
             yield
+        checkpoint()
         self.times[name] = time.perf_counter() - t
         self.console.print(f"[green]✓[/] {name} [dim]{self.times[name]:.1f} s[/]")

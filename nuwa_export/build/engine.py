@@ -33,9 +33,32 @@ class Profile:
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 
+_LOGGERS: dict = {}
+
+
+def quiet_logger(trt):
+    """A TensorRT logger that keeps errors instead of printing them (our errors are one line).
+
+    One per module, alive as long as the process, as TensorRT requires of a logger.
+    """
+    if trt not in _LOGGERS:
+
+        class Quiet(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity, msg) -> None:
+                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                    self.errors.append(" ".join(str(msg).split()))
+
+        _LOGGERS[trt] = Quiet()
+    return _LOGGERS[trt]
+
+
 def parse(trt, onnx_path: Path):
     """Returns ``(builder, network, parser)``; parser errors become one :class:`NuwaError`."""
-    logger = trt.Logger(trt.Logger.ERROR)
+    logger = quiet_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
     parser = trt.OnnxParser(network, logger)
@@ -120,7 +143,9 @@ def build_engine(
         config.add_optimization_profile(p)
     blob = trt_builder.build_serialized_network(network, config)
     if blob is None:
-        raise NuwaError(f"TensorRT ({builder}) failed to build an engine from {onnx_path.name}")
+        errors = quiet_logger(trt).errors
+        detail = f": {errors[-1][:300]}" if errors else ""
+        raise NuwaError(f"TensorRT ({builder}) failed to build an engine from {onnx_path.name}{detail}")
     if timing_cache:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(blob)

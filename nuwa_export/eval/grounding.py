@@ -1,6 +1,6 @@
 """LLaVA-1.5 grounding: ask for a box, parse ``[x1, y1, x2, y2]``, map it back to the image.
 
-LLaVA-1.5 answers boxes in 0–1 of the *padded square* it saw (NUWA_SPEC §7). The box is mapped
+LLaVA-1.5 answers boxes in 0–1 of the *padded square* it saw (docs/algorithm.md §9). The box is mapped
 back through the padding to original pixels before it is drawn or scored.
 """
 
@@ -59,9 +59,9 @@ def iou(a: Box, b: Box) -> float:
 
 def draw(image, box_px: Box, path: str | Path, label: str = "") -> Path:
     """Save ``image`` with ``box_px`` drawn (atomically: a temporary file, then rename)."""
-    import os
-
     from PIL import ImageDraw
+
+    from nuwa_export.atomic import write_file
 
     out = image.convert("RGB").copy()
     d = ImageDraw.Draw(out)
@@ -70,7 +70,4 @@ def draw(image, box_px: Box, path: str | Path, label: str = "") -> Path:
     if label:
         d.text((box_px[0] + width + 2, box_px[1] + width + 2), label, fill=(255, 40, 40))
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    out.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    os.replace(tmp, path)
-    return path
+    return write_file(path, lambda tmp: out.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG")))

@@ -148,7 +148,8 @@ def _build(cls, data, where: str):
 
 
 def read(directory: str | Path, *, verify: bool = True) -> Manifest:
-    """Load and check ``DIR/manifest.json``; with ``verify``, every listed file's sha256 too."""
+    """Load and check ``DIR/manifest.json``; with ``verify``, every listed file's sha256 too, and
+    that the graphs and embeddings agree with it (:mod:`nuwa_export.export.consistency`)."""
     directory = Path(directory)
     path = directory / FILENAME
     if not path.is_file():
@@ -169,7 +170,10 @@ def read(directory: str | Path, *, verify: bool = True) -> Manifest:
     if manifest.schema_version < 1:
         raise NuwaError(f"{path}: schema_version must be >= 1, got {manifest.schema_version}")
     if verify:
+        from nuwa_export.export.consistency import check
+
         verify_files(directory, manifest)
+        check(directory, manifest)  # files that pass their sha256 may still disagree with the manifest
     return manifest
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from nuwa_export import __version__
-from nuwa_export.atomic import atomic_dir
+from nuwa_export.atomic import atomic_dir, check_dir_target
 from nuwa_export.constants import MANIFEST_SCHEMA_VERSION, OPSET
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
@@ -76,8 +77,8 @@ def export(
     layer: int | None = None,
     prune: bool = True,
     per_region: int | None = None,
-    distance: float = 280.0,
-    percentile: float = 0.55,
+    distance: float | None = None,
+    percentile: float | None = None,
     dtype: str = "float32",
     force: bool = False,
     progress: bool = True,
@@ -87,6 +88,11 @@ def export(
     ``dtype`` is the LLM graphs' dtype (weights, activations, KV cache); the vision graph is
     float32 either way (module doc of :mod:`nuwa_export.verify` for how each is validated).
     """
+    out = Path(out)
+    if dtype not in DTYPES:
+        raise NuwaError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    check_dir_target(out, force=force)  # a bad --out is refused before anything slow starts (torch included)
+
     import gc
 
     from nuwa_export.export.vision import stage_one_spec
@@ -94,12 +100,10 @@ def export(
     from nuwa_export.pruning import resolve_budgets
     from nuwa_export.reference import Reference, StageOneOptions
 
-    out = Path(out)
-    if dtype not in DTYPES:
-        raise NuwaError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise NuwaError(f"{out} exists and is not empty; pass --force to replace it")
     info = inspect_checkpoint(model)  # bad flags are refused before anything slow starts
+    here, source = Path(os.path.realpath(out.expanduser())), Path(info.path).resolve()
+    if here == source or here in source.parents:
+        raise NuwaError(f"--out {out} would replace the checkpoint being exported ({info.path}); pick another directory")
     budgets = resolve_budgets(info.num_patches, info.num_layers, keep, k1, k2, layer, prune=prune)
     spec = stage_one_spec(budgets, info.grid, per_region, distance, percentile)
     steps = Steps(progress)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 from nuwa_export.generation import Clock, GenerationResult, decode_loop
 from nuwa_export.image import ImageConfig, load_image, preprocess
@@ -45,7 +46,11 @@ class Pipeline:
         self.manifest = mf.read(self.directory)
         self.budgets = budgets_of(self.manifest)
         self.image_config = image_config_of(self.manifest)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.directory / TOKENIZER_DIR)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.directory / TOKENIZER_DIR)
+        except Exception as e:  # a tokenizer/ that passed its sha256 yet does not load
+            why = " ".join(str(e).split())[:300] or type(e).__name__
+            raise NuwaError(f"cannot load the tokenizer in {self.directory / TOKENIZER_DIR} ({why}); re-run nuwa-export") from None
         self.embeddings = load_file(self.directory / EMBEDDINGS_FILE)["embed_tokens"]
         self.backend = backend if isinstance(backend, Backend) else make_backend(backend, self.directory, self.manifest, device)
 
@@ -70,6 +75,8 @@ class Pipeline:
         llm, b = self.manifest.llm, self.budgets
         prompt_ids = build_prompt(self.tokenizer, prompt, llm.image_token_id)
         nb, nc = len(prompt_ids.before), len(prompt_ids.after)
+        if max(prompt_ids.before + prompt_ids.after, default=0) >= llm.vocab_size:
+            raise NuwaError(f"the tokenizer in {self.directory / TOKENIZER_DIR} makes token ids beyond llm.vocab_size {llm.vocab_size}; re-run nuwa-export")
         check_context(prompt_ids, b.num_patches, sampling.max_new_tokens, llm.max_positions)
         clock = Clock()
         if not hasattr(image, "size"):

@@ -1,0 +1,484 @@
+"""Does an export directory hold what its manifest says? Cheap checks, run whenever one is opened.
+
+The sha256 in ``manifest.json`` proves the files are the ones it lists, not that they are right:
+a truncated graph or a garbage embedding table whose hashes were re-recorded, or a manifest
+whose values are well formed but belong to another export, would otherwise surface as a
+traceback deep inside ONNX Runtime, TensorRT or NumPy. :func:`check` (called by
+:func:`nuwa_export.export.manifest.read`, so by every verb that opens an export) refuses them in
+one line naming what disagrees:
+
+* the manifest against itself: budgets within the grid and the layer count, the grid against
+  the image size, token ids within the vocabulary, the preprocessing fields;
+* every graph's inputs and outputs, read from the ONNX protobuf without loading its weights
+  (a small wire-format scanner: cheap even for a 2 GB graph), against ``graphs`` in the
+  manifest and against what the manifest's numbers imply (image size, K1, hidden size, KV
+  heads, head dim, layers, vocabulary, dtype);
+* the TensorRT profiles against the graph inputs;
+* the embedding table's safetensors header: name, dtype, shape, data size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import struct
+from pathlib import Path, PurePosixPath
+
+from nuwa_export.errors import NuwaError
+from nuwa_export.export import manifest as mf
+
+GRAPHS = ("vision", "vision_plugin", "llm_prefix", "llm_suffix")
+EMBEDDINGS_FILE = "embeddings.safetensors"
+LLM_DTYPES = ("float32", "float16")
+_SAFETENSORS_DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2)}
+#: ONNX TensorProto.DataType → the NumPy-style names the manifest records.
+_ONNX_DTYPES = {
+    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "str",
+    9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
+}
+_PREPROCESSING = {"size", "mean", "std", "resample", "rescale_factor", "pad"}
+
+
+def _fail(message: str) -> None:
+    raise NuwaError(f"{message}; re-run nuwa-export")
+
+
+# --- ONNX graph I/O without the weights -------------------------------------------------------
+
+
+class _Bad(Exception):
+    pass
+
+
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end:
+            raise _Bad("it ends too early: truncated")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise _Bad("corrupt protobuf: a malformed number")
+
+
+def _fields(buf, start: int, end: int):
+    """``(field number, value)`` of one protobuf message: ints, or ``(start, end)`` of bytes."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise _Bad("corrupt protobuf: field number 0")
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 2:
+            n, pos = _varint(buf, pos, end)
+            if pos + n > end:
+                raise _Bad("it ends too early: truncated")
+            value, pos = (pos, pos + n), pos + n
+        elif wire in (1, 5):
+            value, pos = None, pos + (8 if wire == 1 else 4)
+            if pos > end:
+                raise _Bad("it ends too early: truncated")
+        else:
+            raise _Bad(f"corrupt protobuf: wire type {wire}")
+        yield field, value
+
+
+def _text(buf, span) -> str:
+    try:
+        return bytes(buf[span[0] : span[1]]).decode()
+    except (UnicodeDecodeError, TypeError):
+        raise _Bad("corrupt protobuf: a name is not UTF-8") from None
+
+
+def _value_info(buf, span) -> mf.TensorSpec:
+    """ValueInfoProto{1: name, 2: TypeProto{1: tensor{1: elem_type, 2: shape{1: dim{1: value, 2: param}}}}}."""
+    name, dtype, dims = None, None, None
+    for f, v in _fields(buf, *span):
+        if f == 1 and isinstance(v, tuple):
+            name = _text(buf, v)
+        elif f == 2 and isinstance(v, tuple):
+            for f2, v2 in _fields(buf, *v):
+                if f2 != 1 or not isinstance(v2, tuple):
+                    continue
+                for f3, v3 in _fields(buf, *v2):
+                    if f3 == 1 and isinstance(v3, int):
+                        dtype = _ONNX_DTYPES.get(v3, f"onnx type {v3}")
+                    elif f3 == 2 and isinstance(v3, tuple):
+                        dims = []
+                        for f4, v4 in _fields(buf, *v3):
+                            if f4 != 1 or not isinstance(v4, tuple):
+                                continue
+                            dim = "?"
+                            for f5, v5 in _fields(buf, *v4):
+                                if f5 == 1 and isinstance(v5, int):
+                                    dim = v5
+                                elif f5 == 2 and isinstance(v5, tuple):
+                                    dim = _text(buf, v5)
+                            dims.append(dim)
+    if name is None or dtype is None or dims is None:
+        raise _Bad("an input or output without a name, tensor type or shape")
+    return mf.TensorSpec(name, dtype, dims)
+
+
+def graph_io(path: Path) -> tuple[list[mf.TensorSpec], list[mf.TensorSpec], dict[str, int]]:
+    """(inputs, outputs, opsets by domain) of the ONNX model at ``path``, weights not loaded.
+
+    A file that is not a complete ONNX protobuf is a one-line :class:`NuwaError`.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, 2) == 0:
+                raise NuwaError(f"{path} is empty, not an ONNX model; re-run nuwa-export")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _scan_model(buf)
+    except OSError as e:
+        raise NuwaError(f"cannot read {path} ({e.strerror or e})") from None
+    except _Bad as e:
+        raise NuwaError(f"{path} is not a valid ONNX model ({e}); re-run nuwa-export") from None
+
+
+def _check_op(op: str, domain: str, node: str, opsets: dict[str, int], functions: set) -> None:
+    """The node's operator exists: a standard ONNX op, a function of the model, or ours."""
+    from nuwa_export.constants import OP_DOMAIN, OP_NAME
+
+    domain = "" if domain == "ai.onnx" else domain
+    if domain not in opsets and not (domain == "" and "ai.onnx" in opsets):
+        raise _Bad(f"{op} node '{node}' uses domain '{domain}', which the model does not import")
+    if domain == "":
+        try:
+            import onnx.defs
+        except ImportError:
+            return
+        if not onnx.defs.has(op):
+            raise _Bad(f"{op} node '{node}': there is no ONNX operator {op}")
+    elif (domain, op) not in functions and (domain, op) != (OP_DOMAIN, OP_NAME):
+        raise _Bad(f"{op} node '{node}': nothing defines {domain}::{op}")
+
+
+def _scan_model(buf):
+    graph, opsets, ir_version, functions = None, {}, None, set()
+    for f, v in _fields(buf, 0, len(buf)):
+        if f == 1 and isinstance(v, int):
+            ir_version = v
+        elif f == 25 and isinstance(v, tuple):  # FunctionProto{1: name, 10: domain}
+            name = domain = ""
+            for f2, v2 in _fields(buf, *v):
+                if f2 in (1, 10) and isinstance(v2, tuple):
+                    name, domain = (_text(buf, v2), domain) if f2 == 1 else (name, _text(buf, v2))
+            functions.add((domain, name))
+        elif f == 7 and isinstance(v, tuple):
+            graph = v
+        elif f == 8 and isinstance(v, tuple):
+            domain, version = "", None
+            for f2, v2 in _fields(buf, *v):
+                if f2 == 1 and isinstance(v2, tuple):
+                    domain = _text(buf, v2)
+                elif f2 == 2 and isinstance(v2, int):
+                    version = v2
+            if version is not None:
+                opsets[domain] = version
+    if ir_version is None or graph is None:
+        raise _Bad("no graph in it")
+    inputs, outputs, nodes, defined = [], [], [], set()
+    for f, v in _fields(buf, *graph):
+        if f == 11 and isinstance(v, tuple):
+            inputs.append(_value_info(buf, v))
+        elif f == 12 and isinstance(v, tuple):
+            outputs.append(_value_info(buf, v))
+        elif f == 1 and isinstance(v, tuple):
+            nodes.append(v)
+        elif f == 5 and isinstance(v, tuple):  # TensorProto{8: name}
+            defined.update(_text(buf, v2) for f2, v2 in _fields(buf, *v) if f2 == 8 and isinstance(v2, tuple))
+        elif f == 15 and isinstance(v, tuple):  # SparseTensorProto{1: values TensorProto{8: name}}
+            for f2, v2 in _fields(buf, *v):
+                if f2 == 1 and isinstance(v2, tuple):
+                    defined.update(_text(buf, v3) for f3, v3 in _fields(buf, *v2) if f3 == 8 and isinstance(v3, tuple))
+    if not outputs:
+        raise _Bad("a graph without outputs")
+    # Nodes are topologically sorted (an ONNX rule): every input is defined before it is read.
+    defined.update(t.name for t in inputs)
+    for node in nodes:
+        ins, outs, name, op, domain = [], [], "", "?", ""
+        for f, v in _fields(buf, *node):
+            if isinstance(v, tuple) and f in (1, 2, 3, 4, 7):
+                text = _text(buf, v)
+                if f == 1:
+                    ins.append(text)
+                elif f == 2:
+                    outs.append(text)
+                elif f == 3:
+                    name = text
+                elif f == 4:
+                    op = text
+                else:
+                    domain = text
+        _check_op(op, domain, name, opsets, functions)
+        for i in ins:
+            if i and i not in defined:
+                raise _Bad(f"{op} node '{name}' reads '{i}', which nothing before it defines")
+        defined.update(outs)
+    for t in outputs:
+        if t.name not in defined:
+            raise _Bad(f"output '{t.name}' is not computed by any node")
+    return inputs, outputs, opsets
+
+
+# --- what the manifest's numbers imply --------------------------------------------------------
+
+
+def _shape(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _expected(m: mf.Manifest) -> dict[str, tuple[list, list]]:
+    """Per graph, (inputs, outputs) as ``(name, dtype, dims)``; a dim is None (any, e.g. batch),
+    an int, or ``(int, "manifest field")``; a dtype is a str or ``(str, "manifest field")``."""
+    b, llm = m.budgets, m.llm
+    L, N = b.stage_two_layer, llm.num_layers
+    s = (m.preprocessing["size"], "preprocessing.size")
+    k1 = (b.stage_one_keep, "budgets.stage_one_keep")
+    d = (llm.hidden_size, "llm.hidden_size")
+    heads, hd = (llm.num_kv_heads, "llm.num_kv_heads"), (llm.head_dim, "llm.head_dim")
+    t = (llm.dtype, "llm.dtype")
+
+    def kv(kind, layers):
+        return [(f"{kind}_{w}_{i}", t, [None, heads, None, hd]) for i in layers for w in ("key", "value")]
+
+    vision = (
+        [("pixel_values", "float32", [None, 3, s, s])],
+        [("image_tokens", "float32", [None, k1, d]), ("patch_indices", "int64", [None, k1])],
+    )
+    prefix = (
+        [("inputs_embeds", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("vision_start", "int64", [1]), *kv("past", range(L))],
+        [("hidden_states", t, [None, None, d]), *kv("present", range(L)), ("stage_two_scores", "float32", [None, k1])],
+    )
+    suffix = (
+        [("hidden_states", t, [None, None, d]), ("position_ids", "int64", [None, None]), *kv("past", range(L, N))],
+        [("logits", "float32", [None, (llm.vocab_size, "llm.vocab_size")]), *kv("present", range(L, N))],
+    )
+    return {"vision": vision, "vision_plugin": vision, "llm_prefix": prefix, "llm_suffix": suffix}
+
+
+def _compare(m: mf.Manifest, graph: str, file: str, side: str, got: list[mf.TensorSpec], want: list) -> None:
+    names, want_names = [t.name for t in got], [w[0] for w in want]
+    if names != want_names:
+        missing = [n for n in want_names if n not in names]
+        extra = [n for n in names if n not in want_names]
+        what = f"lacks {side} {missing[0]}" if missing else f"has an unexpected {side} {extra[0]}" if extra else f"has its {side}s in another order"
+        if (missing or extra) and all(n.startswith(("past_", "present_")) for n in missing + extra):
+            why = f"manifest.json says llm.num_layers {m.llm.num_layers} split at budgets.stage_two_layer {m.budgets.stage_two_layer}"
+        else:
+            why = f"manifest.json graphs.{graph} describes another graph"
+        _fail(f"{file} {what}, but {why}")
+    for t, (name, dtype, dims) in zip(got, want):
+        dtype, dfield = dtype if isinstance(dtype, tuple) else (dtype, None)
+        if t.dtype != dtype:
+            by = f"manifest.json {dfield} is {dtype}" if dfield else f"it should be {dtype}"
+            _fail(f"{file} {side} {name} is {t.dtype}, but {by}")
+        if len(t.shape) != len(dims):
+            _fail(f"{file} {side} {name} has shape {_shape(t.shape)}, expected rank {len(dims)}")
+        for got_dim, want_dim in zip(t.shape, dims):
+            if want_dim is None:
+                continue
+            value, field = want_dim if isinstance(want_dim, tuple) else (want_dim, None)
+            if got_dim != value:
+                by = f"manifest.json {field} is {value}" if field else f"it should be {value} there"
+                _fail(f"{file} {side} {name} has shape {_shape(t.shape)}, but {by}")
+
+
+# --- the manifest against itself --------------------------------------------------------------
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_values(m: mf.Manifest) -> None:
+    b, llm = m.budgets, m.llm
+    say = lambda what: _fail(f"manifest.json: {what}")  # noqa: E731
+    if llm.dtype not in LLM_DTYPES:
+        say(f"llm.dtype is '{llm.dtype}', not one of {', '.join(LLM_DTYPES)}")
+    for field in ("num_layers", "hidden_size", "num_kv_heads", "head_dim", "vocab_size", "max_positions"):
+        if getattr(llm, field) < 1:
+            say(f"llm.{field} is {getattr(llm, field)}, it must be at least 1")
+    if b.num_layers != llm.num_layers:
+        say(f"budgets.num_layers is {b.num_layers} but llm.num_layers is {llm.num_layers}")
+    if not 1 <= b.stage_two_layer < llm.num_layers:
+        say(f"budgets.stage_two_layer is {b.stage_two_layer}, not between 1 and llm.num_layers - 1 = {llm.num_layers - 1}")
+    if len(m.grid) != 2 or not all(_is_int(g) and g > 0 for g in m.grid) or m.grid[0] != m.grid[1]:
+        say(f"grid is {m.grid}, not a square [rows, columns] of positive ints")
+    if m.num_patches != m.grid[0] * m.grid[1]:
+        say(f"num_patches is {m.num_patches} but grid {m.grid} has {m.grid[0] * m.grid[1]}")
+    if not 1 <= b.stage_two_keep <= b.stage_one_keep <= m.num_patches:
+        say(f"budgets need 1 <= stage_two_keep ({b.stage_two_keep}) <= stage_one_keep ({b.stage_one_keep}) <= num_patches ({m.num_patches})")
+    if not b.prune and b.stage_one_keep != m.num_patches:
+        say(f"budgets.prune is false but stage_one_keep is {b.stage_one_keep}, not all {m.num_patches} patches")
+    if b.keep < 1 or not 1 <= b.per_region <= 4 or not _is_number(b.distance) or b.distance <= 0 or not 0 <= b.percentile <= 1:
+        say("budgets: keep >= 1, per_region in 1..4, distance > 0 and percentile in [0, 1] are required")
+    if not llm.eos_token_ids:
+        say("llm.eos_token_ids is empty")
+    bad_ids = [i for i in (llm.image_token_id, *llm.eos_token_ids) if not 0 <= i < llm.vocab_size]
+    if bad_ids:
+        say(f"token id {bad_ids[0]} (llm.image_token_id / eos_token_ids) is outside the vocabulary of llm.vocab_size {llm.vocab_size}")
+    p = m.preprocessing
+    if set(p) != _PREPROCESSING:
+        odd = sorted(set(p) ^ _PREPROCESSING)[0]
+        say(f"preprocessing.{odd} is {'unknown' if odd in p else 'missing'}")
+    if not _is_int(p["size"]) or p["size"] < 1:
+        say(f"preprocessing.size is {p['size']!r}, not a positive int")
+    if p["size"] % m.grid[0]:
+        say(f"preprocessing.size {p['size']} is not a whole number of patches of grid {m.grid}")
+    for key in ("mean", "std"):
+        if not isinstance(p[key], list) or len(p[key]) != 3 or not all(_is_number(x) for x in p[key]):
+            say(f"preprocessing.{key} is {p[key]!r}, not 3 numbers")
+    if not all(x > 0 for x in p["std"]):
+        say(f"preprocessing.std {p['std']} must be positive")
+    if not _is_int(p["resample"]) or not 0 <= p["resample"] <= 5:
+        say(f"preprocessing.resample is {p['resample']!r}, not a PIL resampling filter (0-5)")
+    if not _is_number(p["rescale_factor"]) or p["rescale_factor"] <= 0:
+        say(f"preprocessing.rescale_factor is {p['rescale_factor']!r}, not a positive number")
+    if p["pad"] not in ("square-mean", "none"):
+        say(f"preprocessing.pad is {p['pad']!r}, not 'square-mean' or 'none'")
+    for name in m.files:
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts or "\\" in name or not name:
+            say(f"files lists '{name}', which is not a path inside the export")
+    graphs = set(m.graphs)
+    if graphs != set(GRAPHS):
+        odd = sorted(graphs ^ set(GRAPHS))[0]
+        say(f"graphs.{odd} is {'unknown' if odd in graphs else 'missing'}")
+    for graph, spec in m.graphs.items():
+        if spec.file not in m.files:
+            say(f"graphs.{graph}.file '{spec.file}' is not among the files it hashes")
+    if EMBEDDINGS_FILE not in m.files:
+        say(f"{EMBEDDINGS_FILE} is not among the files it hashes")
+    if not any(name.startswith("tokenizer/") for name in m.files):
+        say("no tokenizer/ files among the files it hashes")
+
+
+def _check_profiles(m: mf.Manifest, io: dict[str, list[mf.TensorSpec]]) -> None:
+    if set(m.engine_profiles) != set(GRAPHS):
+        odd = sorted(set(m.engine_profiles) ^ set(GRAPHS))[0]
+        _fail(f"manifest.json: engine_profiles.{odd} is {'unknown' if odd in m.engine_profiles else 'missing'}")
+    for graph, profiles in m.engine_profiles.items():
+        inputs = {t.name: t.shape for t in io[graph]}
+        dynamic = {n for n, dims in inputs.items() if any(not _is_int(d) for d in dims)}
+        if not profiles:
+            _fail(f"manifest.json: engine_profiles.{graph} is empty")
+        for i, profile in enumerate(profiles):
+            where = f"manifest.json: engine_profiles.{graph}[{i}]"
+            if not isinstance(profile, dict):
+                _fail(f"{where} should be an object")
+            if dynamic - set(profile):
+                _fail(f"{where} has no shapes for input {sorted(dynamic - set(profile))[0]}")
+            for name, shapes in profile.items():
+                if name not in inputs:
+                    _fail(f"{where} names {name}, not an input of {m.graphs[graph].file}")
+                dims = inputs[name]
+                ok = isinstance(shapes, list) and len(shapes) == 3 and all(
+                    isinstance(s, list) and len(s) == len(dims) and all(_is_int(x) and x >= 0 for x in s) for s in shapes
+                )
+                ok = ok and all(
+                    lo <= mid <= hi and (not _is_int(d) or lo == d == hi)
+                    for lo, mid, hi, d in zip(*shapes, dims)
+                )
+                if not ok:
+                    _fail(f"{where}.{name} is not [min, opt, max] shapes of {_shape(dims)}")
+
+
+# --- the embedding table ----------------------------------------------------------------------
+
+
+def _check_embeddings(directory: Path, m: mf.Manifest) -> None:
+    path = directory / EMBEDDINGS_FILE
+    llm = m.llm
+    want_dtype, itemsize = _SAFETENSORS_DTYPES[llm.dtype]
+    bad = lambda why: _fail(f"{path} {why}")  # noqa: E731
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            head = f.read(8)
+            if len(head) < 8:
+                bad("is not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100 << 20):
+                bad("is not a safetensors file (bad header length)")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise NuwaError(f"cannot read {path} ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        bad("is not a safetensors file (its header is not JSON)")
+    if not isinstance(header, dict) or not isinstance(header.get("embed_tokens"), dict):
+        bad("has no embed_tokens tensor")
+    t = header["embed_tokens"]
+    dtype, shape, offsets = t.get("dtype"), t.get("shape"), t.get("data_offsets")
+    if dtype != want_dtype:
+        bad(f"holds embed_tokens as {dtype}, but manifest.json llm.dtype is {llm.dtype} ({want_dtype})")
+    if shape != [llm.vocab_size, llm.hidden_size]:
+        bad(f"holds embed_tokens {shape}, but manifest.json llm.vocab_size and llm.hidden_size say [{llm.vocab_size}, {llm.hidden_size}]")
+    if (
+        not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+        or offsets[1] - offsets[0] != llm.vocab_size * llm.hidden_size * itemsize or 8 + n + offsets[1] > size
+    ):
+        bad("is truncated or corrupt (embed_tokens data does not fit its header)")
+
+
+# --- all of it --------------------------------------------------------------------------------
+
+
+def check(directory: str | Path, m: mf.Manifest) -> None:
+    """Refuse, in one line, an export whose files and manifest values disagree (module doc)."""
+    directory = Path(directory)
+    _check_values(m)
+    expected = _expected(m)
+    io = {}
+    for graph in GRAPHS:
+        spec = m.graphs[graph]
+        path = directory / spec.file
+        inputs, outputs, opsets = graph_io(path)
+        for side, got, recorded, want in (("input", inputs, spec.inputs, expected[graph][0]), ("output", outputs, spec.outputs, expected[graph][1])):
+            _compare(m, graph, spec.file, side, got, want)
+            if [(t.name, t.dtype, list(t.shape)) for t in got] != [(t.name, t.dtype, list(t.shape)) for t in recorded]:
+                diff = next((r for r, g in zip(recorded, got) if (r.name, r.dtype, list(r.shape)) != (g.name, g.dtype, list(g.shape))), None)
+                name = diff.name if diff else f"{len(recorded)} vs {len(got)} {side}s"
+                _fail(f"{spec.file} does not match manifest.json graphs.{graph}.{side}s ({name})")
+        if opsets.get("", opsets.get("ai.onnx")) != m.opset:
+            _fail(f"{spec.file} uses ONNX opset {opsets.get('', '(none)')}, but manifest.json opset is {m.opset}")
+        io[graph] = inputs
+    _check_profiles(m, io)
+    _check_embeddings(directory, m)
+    _check_json_files(directory, m)
+
+
+def _check_json_files(directory: Path, m: mf.Manifest) -> None:
+    """Every JSON file (tokenizer, processor config) parses; ``tokenizer.json`` as a tokenizer."""
+    for name in sorted(m.files):
+        if not name.endswith(".json"):
+            continue
+        path = directory / name
+        try:
+            text = path.read_text()
+            json.loads(text)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            _fail(f"{path} is not valid JSON ({type(e).__name__})")
+        if PurePosixPath(name).name == "tokenizer.json":
+            try:
+                from tokenizers import Tokenizer
+            except ImportError:
+                continue
+            try:
+                Tokenizer.from_str(text)
+            except Exception as e:  # the tokenizers library's own parse errors
+                _fail(f"{path} is not a tokenizer ({' '.join(str(e).split())[:200]})")
