@@ -8,6 +8,7 @@ bugs keep their traceback. Heavy imports (torch, transformers) happen after pars
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 
@@ -22,27 +23,85 @@ class _Parser(argparse.ArgumentParser):
         raise NuwaError(message)
 
 
-def _guard(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused, not passed on)."""
     try:
-        return main(argv)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed in ``[0, 2**64)``, what torch's generator takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**64 - 1, got {text}")
+    return value
+
+
+def _guard(prog: str, main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+    """Run ``main``: a NuwaError is one line and exit 1; Ctrl-C at any moment is exit 130.
+
+    The :class:`~nuwa_export.interrupt.Session` records every SIGINT, even one Python swallowed
+    in a destructor, and undoes what the command wrote when it fails or was interrupted. Here
+    (this function's own frame) SIGINT is only recorded, so it cannot escape as a traceback.
+    ``argv is None`` is the console script: the process ends right after, so a later Ctrl-C is
+    ignored rather than restored to Python's default.
+    """
+    from nuwa_export.interrupt import Session
+
+    session = Session(_guard.__code__, final=argv is None)
+    error = None
+    try:
+        session.open()
+        code = main(argv)
     except NuwaError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        code, error = 1, f"{prog}: error: {' '.join(str(e).strip().splitlines())}"  # one line, always
     except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        session.close(ok=False)
+        raise
+    if session.close(ok=code == 0) or code == 130:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    if error:
+        print(error, file=sys.stderr)
+    return code
+
+
+#: The budget and stage-one flags (argparse ``dest`` names); each defaults to None = not given.
+BUDGET_FLAGS = ("keep", "stage_one_keep", "stage_two_keep", "stage_two_layer", "per_region", "distance", "percentile")
+
+
+def given_budget_flags(args: argparse.Namespace) -> list[str]:
+    """The budget flags given on the command line, as typed (``--keep``, ...)."""
+    return [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f, None) is not None]
+
+
+def check_budget_flags(args: argparse.Namespace) -> None:
+    """``--no-prune`` keeps every patch: a budget given with it would be silently ignored, so refuse it."""
+    given = given_budget_flags(args)
+    if args.no_prune and given:
+        raise NuwaError(f"--no-prune keeps every patch; {' '.join(given)} would have no effect, drop {'it' if len(given) == 1 else 'them'}")
 
 
 def add_budget_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("pruning budgets (NUWA_SPEC §1)")
+    g = p.add_argument_group("pruning budgets (docs/algorithm.md §1, §6)")
     g.add_argument("--keep", type=int, help="average vision tokens per LLM layer (default: 64 of 576, same fraction elsewhere)")
     g.add_argument("--stage-one-keep", type=int, metavar="K1", help="tokens kept after the vision tower (default 7·keep/4)")
     g.add_argument("--stage-two-keep", type=int, metavar="K2", help="tokens kept from the stage-two layer on (default keep/4)")
     g.add_argument("--stage-two-layer", type=int, metavar="L", help="first LLM layer that sees only K2 tokens (default N/2)")
     g.add_argument("--no-prune", action="store_true", help="keep every patch in every layer (plain LLaVA)")
     g.add_argument("--per-region", type=int, metavar="N", help="stage-one slots per 2x2 region (default min(4, ceil(K1/regions)))")
-    g.add_argument("--distance", type=float, default=280.0, help="swarm distance (reach sqrt(distance) patches; default 280)")
-    g.add_argument("--percentile", type=float, default=0.55, help="pillar quantile of anchor scores (default 0.55)")
+    g.add_argument("--distance", type=finite_float, help="swarm distance (reach sqrt(distance) patches; default 280)")
+    g.add_argument("--percentile", type=finite_float, help="pillar quantile of anchor scores (default 0.55)")
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -66,9 +125,9 @@ def run_parser() -> argparse.ArgumentParser:
     add_budget_flags(p)
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=finite_float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
+    g.add_argument("--seed", type=seed_int, default=0, help="sampling seed, 0 to 2**64 - 1 (default 0)")
     g.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     g.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     g = p.add_argument_group("device")
@@ -80,6 +139,7 @@ def run_parser() -> argparse.ArgumentParser:
 
 def _run(argv: list[str] | None) -> int:
     args = run_parser().parse_args(argv)
+    check_budget_flags(args)
     from nuwa_export.run import run
 
     run(args)
@@ -146,7 +206,7 @@ def profile_main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-build", description="Build TensorRT engines (one per graph, with sidecars) for an export directory.")
     p.add_argument("export_dir", metavar="EXPORT_DIR")
-    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: the profile's (fp16)")
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: the export's own (fp32, or fp16 for a float16 export) with a strongly typed builder such as tensorrt-rtx; the profile's (fp16) with full TensorRT")
     p.add_argument("--profile", choices=["orin", "thor", "datacenter"], default="datacenter", help="target device family")
     p.add_argument("--builder", choices=["tensorrt", "tensorrt-rtx"], default="tensorrt", help="TensorRT Python module to build with")
     p.add_argument("--plugin", action="store_true", help="build vision.plugin.onnx with the SwarmAggregate plugin")
@@ -183,6 +243,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(argv: list[str] | None) -> int:
     args = export_parser().parse_args(argv)
+    check_budget_flags(args)
     from nuwa_export.export.pipeline import export_cli
 
     return export_cli(args)
@@ -190,6 +251,61 @@ def _export(argv: list[str] | None) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     return _guard("nuwa-export", _export, argv)
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="nuwa-eval",
+        description="Grounding and VQA accuracy of a checkpoint or an export, in lmms-eval's conventions, with retention "
+        "against the unpruned model. To score predictions made elsewhere: nuwa-eval score --help.",
+    )
+    p.add_argument("task", metavar="TASK", help="refcoco, refcoco+, refcocog, gqa, pope or textvqa")
+    p.add_argument("model", metavar="MODEL_OR_EXPORT", help="an export directory, or a checkpoint (llava-1.5-7b, demo, a directory, a hub id)")
+    p.add_argument("--data", required=True, help="lmms-lab parquet (a file, a glob or a folder of one split) or VLM-R1 RefCOCO JSON")
+    p.add_argument("--images", metavar="DIR", help="image folder (JSON data; GQA: a folder of <imageId>.jpg or the images parquet)")
+    p.add_argument("--backend", choices=["ort", "trt", "torch"], help="for an export directory (default ort)")
+    p.add_argument("--keep", type=int, nargs="+", metavar="K", help="one or more budgets (checkpoints only; default: the default budget)")
+    p.add_argument("--no-prune", action="store_true", help="evaluate the unpruned model only")
+    p.add_argument("--baseline", metavar="MODEL", help="the unpruned model for retention (default: the checkpoint itself, or the one the export came from)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unpruned run (no retention)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    p.add_argument("--out", metavar="DIR", help="results folder (default eval/TASK-MODEL-BACKEND); a rerun resumes it")
+    p.add_argument("--force", action="store_true", help="start over in an --out that holds a run with other settings")
+    p.add_argument("--box-convention", choices=["lmms-eval", "padded"], default="lmms-eval", help="grounding: the answer box is in 0-1 of the original image (lmms-eval, default) or of the padded square")
+    p.add_argument("--max-new-tokens", type=int, help="default 64 for grounding, 16 for VQA")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (torch also cuda:N)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="torch backend")
+    p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
+    return p
+
+
+def eval_score_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nuwa-eval score", description="Score predictions (JSONL lines {\"index\": I, \"answer\": TEXT}) made anywhere.")
+    p.add_argument("--task", required=True, help="refcoco, refcoco+, refcocog, gqa, pope or textvqa")
+    p.add_argument("--data", required=True, help="the data the indices refer to")
+    p.add_argument("--images", metavar="DIR", help="as for nuwa-eval")
+    p.add_argument("--predictions", required=True, metavar="FILE.jsonl")
+    p.add_argument("--box-convention", choices=["lmms-eval", "padded"], default="lmms-eval")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _eval(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["score"]:
+        args = eval_score_parser().parse_args(argv[1:])
+        from nuwa_export.eval.command import score_cli
+
+        return score_cli(args)
+    args = eval_parser().parse_args(argv)
+    from nuwa_export.eval.command import eval_cli
+
+    return eval_cli(args)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    return _guard("nuwa-eval", _eval, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,11 @@ with ``do_pad=True`` (a test holds it to that).
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +20,9 @@ from nuwa_export.errors import NuwaError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The largest image accepted, in pixels (144 MP, e.g. 12000×12000). Checked from the header,
+#: before any pixel is decoded, so a crafted file cannot exhaust memory (a decompression bomb).
+MAX_IMAGE_PIXELS = 144_000_000
 
 
 @dataclass(frozen=True)
@@ -42,35 +48,87 @@ class ImageConfig:
         trained on padded images and grounding depends on it, so padding is the default.
         """
         file = Path(path) / "preprocessor_config.json"
-        raw = json.loads(file.read_text()) if file.is_file() else {}
-        crop = raw.get("crop_size") or {}
-        size = crop.get("height") if isinstance(crop, dict) else crop
-        size = int(size or image_size)
+        try:
+            raw = json.loads(file.read_text()) if file.is_file() else {}
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            crop = raw.get("crop_size") or {}
+            size = crop.get("height") if isinstance(crop, dict) else crop
+            size = int(size or image_size)
+            cfg = cls(
+                size=size,
+                mean=_triple(raw.get("image_mean", CLIP_MEAN)),
+                std=_triple(raw.get("image_std", CLIP_STD)),
+                resample=int(raw.get("resample", 3)),
+                rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
+                pad="square-mean" if raw.get("do_pad", True) else "none",
+            )
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise NuwaError(f"cannot read {file}: {_why(e)}") from None
         if size != image_size:
             raise NuwaError(f"{file}: crop size {size} does not match the vision tower's {image_size}")
-        return cls(
-            size=size,
-            mean=tuple(raw.get("image_mean", CLIP_MEAN)),
-            std=tuple(raw.get("image_std", CLIP_STD)),
-            resample=int(raw.get("resample", 3)),
-            rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
-            pad="square-mean" if raw.get("do_pad", True) else "none",
-        )
+        if min(cfg.std) <= 0 or cfg.resample not in range(6):
+            raise NuwaError(f"{file}: image_std must be > 0 and resample a PIL filter (0-5)")
+        return cfg
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+def _triple(v) -> tuple[float, float, float]:
+    """Three finite floats (per-channel mean or std), or ValueError/TypeError."""
+    out = tuple(float(x) for x in v)
+    if len(out) != 3 or not all(math.isfinite(x) for x in out):
+        raise ValueError(f"expected three finite numbers, got {v!r}")
+    return out
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file as RGB, or raise a one-line :class:`NuwaError`."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise NuwaError(f"image file not found: {p}")
+    if not p.is_file():
+        raise NuwaError(f"{p} is not an image file (a directory or a device)")
+    return decode_image(p, str(p))
+
+
+def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
+    """Decode an image file or file-like object (e.g. bytes from a parquet file) as RGB.
+
+    The size is read from the header and refused above :data:`MAX_IMAGE_PIXELS` before any
+    pixel is decoded; this replaces Pillow's decompression-bomb warning and error, so nothing
+    but one :class:`NuwaError` line ever reaches the user. ``name`` is how errors call it.
+    """
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit, below
+            try:
+                im = Image.open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise NuwaError(f"cannot read {name} as an image ({_why(e)})") from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise NuwaError(
+                f"{name} is {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS // 1_000_000} megapixels accepted; scale it down first"
+            )
+        if w < 1 or h < 1:
+            raise NuwaError(f"{name} has no pixels ({w}x{h})")
+        try:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise NuwaError(f"cannot read {p} as an image ({type(e).__name__})") from None
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+            raise NuwaError(f"cannot read {name} as an image ({_why(e)})") from None
+
+
+def _why(e: BaseException) -> str:
+    """``Type: first line of the message`` (shortened), for one-line errors."""
+    msg = (str(e).splitlines() or [""])[0].strip()
+    msg = msg if len(msg) <= 80 else msg[:77] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def pad_to_square(image: Image.Image, mean: tuple[float, float, float]) -> Image.Image:

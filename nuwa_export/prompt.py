@@ -24,10 +24,20 @@ class Prompt:
         return [*self.before, self.image_token_id, *self.after]
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid UTF-8: bytes that were not UTF-8 on the command line reach
+    Python as lone surrogates, which the tokenizer cannot encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise NuwaError(f"{what} is not valid UTF-8 text (character {e.start + 1} is an undecodable byte)") from None
+
+
 def build_prompt(tokenizer, text: str, image_token_id: int) -> Prompt:
     """Tokenize ``text`` in the LLaVA-1.5 template (BOS included) and find the image slot."""
     if not text.strip():
         raise NuwaError("--prompt is empty")
+    check_text(text, "the prompt")
     if IMAGE_TOKEN in text:
         raise NuwaError(f"--prompt must not contain {IMAGE_TOKEN}; the image is placed by the chat template")
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != image_token_id:

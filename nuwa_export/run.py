@@ -12,7 +12,6 @@ from nuwa_export.export import manifest as mf
 from nuwa_export.pruning import resolve_budgets
 from nuwa_export.sampling import SamplingConfig
 
-BUDGET_FLAGS = ("keep", "stage_one_keep", "stage_two_keep", "stage_two_layer", "per_region")
 
 
 def is_export_dir(model: str) -> bool:
@@ -60,7 +59,9 @@ def build_runner(args: argparse.Namespace):
 
     if is_export_dir(args.model):
         directory = Path(args.model).expanduser()
-        given = [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f) is not None] + (["--no-prune"] if args.no_prune else [])
+        from nuwa_export.cli import given_budget_flags
+
+        given = given_budget_flags(args) + (["--no-prune"] if args.no_prune else [])
         if given:
             raise NuwaError(f"{' '.join(given)}: budgets are fixed when exporting; re-run nuwa-export to change them")
         manifest = mf.read(directory)
@@ -97,12 +98,20 @@ def run(args: argparse.Namespace):
 
     if args.draw and not args.ground:
         raise NuwaError("--draw needs --ground PHRASE")
+    if args.draw:
+        from nuwa_export.overlay import check_output as check_draw
+
+        check_draw(args.draw)  # a bad --draw path is refused before the model runs
     if getattr(args, "show_tokens", None):
         from nuwa_export.overlay import check_output
 
         check_output(args.show_tokens)
     if not args.prompt and not args.ground:
         raise NuwaError("give --prompt TEXT or --ground PHRASE")
+    if args.ground:
+        from nuwa_export.prompt import check_text
+
+        check_text(args.ground, "--ground")
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     prompt = grounding.question(args.ground) if args.ground else args.prompt
     runner, image, model_id, backend = build_runner(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +23,12 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise NuwaError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise NuwaError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise NuwaError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:  # also refuses nan
             raise NuwaError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.seed < 2**64:
+            raise NuwaError(f"--seed must be between 0 and 2**64 - 1, got {self.seed}")
 
     @property
     def greedy(self) -> bool:

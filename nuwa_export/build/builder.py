@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from nuwa_export import __version__
-from nuwa_export.atomic import atomic_dir
+from nuwa_export.atomic import atomic_dir, check_dir_target
 from nuwa_export.build import sidecar as sc
 from nuwa_export.build.engine import BuildOptions, Profile, build_engine, import_tensorrt, load_plugin_library, strongly_typed
 from nuwa_export.build.targets import target
@@ -42,6 +42,36 @@ def device_info() -> tuple[str | None, tuple[int, int] | None]:
     return None, None
 
 
+class BuiltEngines(dict):
+    """``graph -> Sidecar`` of what was built, with the precision chosen and why."""
+
+    def __init__(self, sidecars: dict, precision: str, reason: str) -> None:
+        super().__init__(sidecars)
+        self.precision, self.reason = precision, reason
+
+
+def choose_precision(requested: str | None, tgt, typed: bool, export_dtype: str, builder: str) -> tuple[str, str]:
+    """``(precision, why)``: what ``--precision`` means for this export and builder.
+
+    A strongly typed builder (TensorRT for RTX, TensorRT 11) runs each graph in its own types, so
+    the default follows the export (float32 → fp32, float16 → fp16) and anything else is refused.
+    Full TensorRT 10 converts: its default is the target profile's (fp16).
+    """
+    llm_precision = {"float32": "fp32", "float16": "fp16"}.get(export_dtype, export_dtype)
+    if typed:
+        if requested is not None and requested != llm_precision:
+            raise NuwaError(
+                f"{builder} builds strongly typed networks only: engines run in the ONNX graphs' own types, "
+                f"here {llm_precision} for the LLM (fp32 vision); --precision {requested} needs an export with that dtype "
+                f"(nuwa-export --dtype), or use --precision {llm_precision}"
+            )
+        why = "as given" if requested else f"follows the {export_dtype} export: {builder} builds strongly typed networks"
+        return tgt.check_precision(llm_precision), why
+    if requested is not None:
+        return tgt.check_precision(requested), "as given"
+    return tgt.check_precision(tgt.default_precision), f"the {tgt.name} profile's default"
+
+
 def build(
     directory: str | Path,
     *,
@@ -55,8 +85,10 @@ def build(
     """Build every engine of the export at ``directory`` into ``directory/engines`` (atomically)."""
     directory = Path(directory)
     manifest = mf.read(directory)
+    check_dir_target(directory / ENGINES_DIR, force=True)  # never replaced through a symbolic link
     tgt = target(profile)
-    precision = tgt.check_precision(precision or tgt.default_precision)
+    if precision is not None:
+        tgt.check_precision(precision)  # an unknown precision is refused before TensorRT is imported
     trt = import_tensorrt(builder)
     lib = plugin_library(plugin_lib)
     if plugin:
@@ -66,13 +98,7 @@ def build(
             raise NuwaError(f"--plugin needs the plugin library: pass --plugin-lib PATH or set {PLUGIN_ENV} (see docs/plugin.md)")
         load_plugin_library(lib)
     typed = strongly_typed(trt)
-    llm_precision = {"float32": "fp32", "float16": "fp16"}.get(manifest.llm.dtype, manifest.llm.dtype)
-    if typed and precision != llm_precision:
-        raise NuwaError(
-            f"{builder} {trt.__version__} builds strongly typed networks only: engines run in the ONNX graphs' own types, "
-            f"here {llm_precision} for the LLM (fp32 vision); --precision {precision} needs an export with that dtype "
-            f"(nuwa-export --dtype), or use --precision {llm_precision}"
-        )
+    precision, reason = choose_precision(precision, tgt, typed, manifest.llm.dtype, f"{builder} {trt.__version__}")
     name, cc = device_info()
     if cc is not None and builder == "tensorrt" and cc not in tgt.compute_capabilities:
         raise NuwaError(f"this GPU ({name}, SM {cc[0]}.{cc[1]}) is not a {profile} device; pick the profile of the GPU you build on")
@@ -85,7 +111,7 @@ def build(
             (tmp / TIMING_CACHE).write_bytes(old_cache.read_bytes())
         for graph in graphs_to_build(plugin):
             # strongly typed: no flags ("fp32"); the sidecar records the graph's own precision
-            graph_precision = ("fp32" if graph.startswith("vision") else llm_precision) if typed else precision
+            graph_precision = ("fp32" if graph.startswith("vision") else precision) if typed else precision
             options = BuildOptions("fp32" if typed else precision, workspace, tgt.optimization_level, tmp / TIMING_CACHE)
             spec = manifest.graphs[graph]
             profiles = manifest.engine_profiles[graph]
@@ -109,7 +135,7 @@ def build(
                 plugin_library_sha256=sha256_file(lib) if uses_plugin and lib else None,
             )
             sc.path_for(tmp, graph).write_text(out[graph].to_json())
-    return out
+    return BuiltEngines(out, precision, reason)
 
 
 def build_cli(args) -> int:
@@ -127,5 +153,7 @@ def build_cli(args) -> int:
         size = (Path(args.export_dir) / ENGINES_DIR / s.engine_file).stat().st_size / 2**20
         device = s.device_name or "no GPU (built offline)"
         table.add_row(s.engine_file, f"{size:.1f}", f"{s.builder} {s.builder_version}", s.precision, device, str(len(s.profiles)))
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(table)
+    console.print(f"precision {sidecars.precision} ({sidecars.reason})", soft_wrap=True, highlight=False)
     return 0

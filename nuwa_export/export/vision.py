@@ -8,6 +8,7 @@ alignment as standard ops; the swarm aggregation as one ``nuwa::SwarmAggregate``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from nuwa_export.errors import NuwaError
 from nuwa_export.export import ops
 from nuwa_export.models.llava import LlavaParts, vision_signals
 from nuwa_export.pruning import Budgets, alignment, default_per_region, separation
+from nuwa_export.pruning.stage_one import DEFAULT_DISTANCE, DEFAULT_PERCENTILE
 
 INPUTS = ("pixel_values",)
 OUTPUTS = ("image_tokens", "patch_indices")
@@ -58,15 +60,19 @@ class VisionGraph(nn.Module):
         return self.projector(merged), idx
 
 
-def stage_one_spec(budgets: Budgets, grid: tuple[int, int], per_region: int | None, distance: float, percentile: float) -> StageOneSpec:
-    """Fill in ``per_region`` and refuse settings stage one cannot meet."""
+def stage_one_spec(
+    budgets: Budgets, grid: tuple[int, int], per_region: int | None, distance: float | None = None, percentile: float | None = None
+) -> StageOneSpec:
+    """Fill in the defaults (``None``) and refuse settings stage one cannot meet."""
+    distance = DEFAULT_DISTANCE if distance is None else distance
+    percentile = DEFAULT_PERCENTILE if percentile is None else percentile
     if per_region is not None and not 1 <= per_region <= 4:
         raise NuwaError(f"--per-region must be between 1 and 4, got {per_region}")
     n = default_per_region(budgets.k1, grid) if per_region is None else per_region
     candidates = n * grid[0] * grid[1] // 4
     if budgets.prune and candidates < budgets.k1:
         raise NuwaError(f"--per-region {n} gives {candidates} candidates, fewer than K1={budgets.k1}")
-    if distance <= 0 or not 0 <= percentile <= 1:
+    if not (math.isfinite(distance) and distance > 0) or not 0 <= percentile <= 1:
         raise NuwaError(f"--distance must be > 0 and --percentile in [0, 1], got {distance} and {percentile}")
     return StageOneSpec(n, float(distance), float(percentile))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,10 @@ class LoadedModel:
         return int(self.model.config.image_token_id)
 
 
+#: Any one of these makes a tokenizer transformers can load without extra packages.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint; refuses pickle-only checkpoints."""
     files = sorted(path.glob("*.safetensors"))
@@ -40,12 +43,39 @@ def weight_files(path: Path) -> list[Path]:
     return files
 
 
+def check_weight_files(files: list[Path]) -> None:
+    """Read each file's safetensors header (not its tensors): a file that is not safetensors, or
+    is truncated, is refused here rather than deep inside transformers."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise NuwaError(f"{f} is not a valid safetensors file ({(str(e).splitlines() or [''])[0]})") from None
+
+
+def check_tokenizer_files(path: Path) -> None:
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise NuwaError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the tokenizer files of the base model there")
+
+
 def pick_device(device: str | None) -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise NuwaError(f"unknown --device '{device}' for the torch backend (auto, cpu, cuda, cuda:N)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise NuwaError(f"--device {device} asked for, but torch sees no CUDA GPU")
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise NuwaError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
 
 
 def pick_dtype(name: str | None, config_dtype, device: torch.device) -> torch.dtype:
@@ -88,11 +118,18 @@ def inspect_checkpoint(model: str) -> CheckpointInfo:
         raise NuwaError(f"{path} has no config.json; is it an HF checkpoint directory?")
     try:
         config = AutoConfig.from_pretrained(path)
-    except (ValueError, KeyError, json.JSONDecodeError, OSError) as e:
-        raise NuwaError(f"cannot read {path / 'config.json'}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a user's file: transformers and huggingface_hub raise many types for it
+        raise NuwaError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from None
     check_config(config)
-    weight_files(path)
+    check_weight_files(weight_files(path))
+    check_tokenizer_files(path)
     return CheckpointInfo(path, model_id, config)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = next((line for line in lines if "Error:" in line), lines[0] if lines else type(e).__name__)
+    return detail if len(detail) <= 160 else detail[:157] + "..."
 
 
 def load(
@@ -111,14 +148,29 @@ def load(
     path, model_id, config = info.path, info.model_id, info.config
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, getattr(config, "dtype", None), dev)
-    net = LlavaForConditionalGeneration.from_pretrained(
-        path, dtype=torch_dtype, use_safetensors=True, attn_implementation="sdpa"
-    )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers' load report would be many lines; ours is one
+    try:
+        net, report = LlavaForConditionalGeneration.from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=True, attn_implementation="sdpa",
+            output_loading_info=True, ignore_mismatched_sizes=True,  # refused below, in one line
+        )
+    except (RuntimeError, ValueError, OSError) as e:
+        raise NuwaError(f"cannot load the weights in {path}: {_first_line(e)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    bad = sorted(report.get("missing_keys") or []) + sorted(str(k[0] if isinstance(k, tuple) else k) for k in report.get("mismatched_keys") or [])
+    if bad:
+        more = f" and {len(bad) - 2} more" if len(bad) > 2 else ""
+        raise NuwaError(f"the weights in {path} do not fit its config.json: {', '.join(bad[:2])}{more} missing or of another shape")
     net.to(dev).eval()
     if vision_dtype is not None:
         net.model.vision_tower.to(DTYPES[vision_dtype])
         net.model.multi_modal_projector.to(DTYPES[vision_dtype])
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # a user's files: many types
+        raise NuwaError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
     parts = LlavaParts(net)
     image_config = ImageConfig.from_pretrained(path, parts.image_size)
     return LoadedModel(net, parts, tokenizer, image_config, model_id, path)

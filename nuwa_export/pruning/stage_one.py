@@ -1,4 +1,4 @@
-"""Stage one of Nüwa, after the vision tower (NUWA_SPEC §2).
+"""Stage one of Nüwa, after the vision tower (docs/algorithm.md §2).
 
 Separation picks the ``n`` most-attended slots of every 2×2 region, alignment keeps the ``K``
 most-attended of those as anchors (ascending raster order), and swarm aggregation merges each
@@ -19,6 +19,9 @@ from nuwa_export.errors import NuwaError
 
 #: Added to each row sum before normalising (the authors' constant).
 ROW_EPS = 1e-8
+#: Swarm distance (reach √280 ≈ 16.7 patches) and pillar quantile: the paper's defaults.
+DEFAULT_DISTANCE = 280.0
+DEFAULT_PERCENTILE = 0.55
 
 
 def default_per_region(keep: int, grid: tuple[int, int]) -> int:
