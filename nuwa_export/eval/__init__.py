@@ -1,1 +1,1 @@
-"""Grounding boxes and evaluation helpers."""
+"""Evaluation: grounding boxes, the tasks in lmms-eval's conventions, data readers, scoring and ``nuwa-eval``."""

@@ -1,0 +1,111 @@
+"""Prediction files (JSONL, one line per sample, appended as samples finish) and atomic writes.
+
+A prediction line is ``{"index": I, "answer": TEXT, ...}`` with ``I`` the sample's position in
+the data. Lines are flushed and synced one by one, so an interrupted run loses at most the line
+being written; reading drops such a torn last line, and the run resumes after the last whole one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from nuwa_export.errors import NuwaError
+
+
+def _parse(line: str, where: str, size: int | None) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise NuwaError(f"{where}: not JSON ({e.msg})") from None
+    if not isinstance(rec, dict) or type(rec.get("index")) is not int or not isinstance(rec.get("answer"), str):
+        raise NuwaError(f'{where}: expected {{"index": INT, "answer": TEXT}}, got {line.strip()[:80]}')
+    if rec["index"] < 0 or (size is not None and rec["index"] >= size):
+        raise NuwaError(f"{where}: index {rec['index']} is outside the data ({size} samples, 0 to {size - 1})" if size else f"{where}: negative index")
+    return rec
+
+
+def read_predictions(path: Path, size: int | None = None, *, repair: bool = False) -> dict[int, dict]:
+    """Index → record. ``repair``: cut a torn last line (no newline) off the file instead of refusing it."""
+    path = Path(path)
+    if not path.is_file():
+        if repair:
+            return {}
+        raise NuwaError(f"predictions file not found: {path}")
+    raw = path.read_bytes()
+    end = len(raw)
+    if repair and raw and not raw.endswith(b"\n"):
+        end = raw.rfind(b"\n") + 1  # a line torn by an interruption: drop it
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    out: dict[int, dict] = {}
+    seen: dict[int, int] = {}
+    for k, line in enumerate(raw[:end].decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        rec = _parse(line, f"{path} line {k}", size)
+        if rec["index"] in seen:
+            if repair:  # our own file: the first answer stands
+                continue
+            raise NuwaError(f"{path} line {k}: index {rec['index']} already on line {seen[rec['index']]}")
+        seen[rec["index"]] = k
+        out[rec["index"]] = rec
+    return out
+
+
+class Appender:
+    """Appends prediction lines to ``path``, each flushed and synced before the next sample.
+
+    It holds an exclusive lock on the file, so two runs never append to one file together.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import fcntl
+
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise NuwaError(f"cannot write {self.path} ({e.strerror or e})") from None
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.close()
+            raise NuwaError(f"another nuwa-eval is writing {self.path}; wait for it, or give another --out") from None
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "Appender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, obj) -> Path:
+    return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

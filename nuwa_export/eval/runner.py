@@ -1,0 +1,175 @@
+"""Which models an evaluation runs, and the one place where they answer (``generate``).
+
+A checkpoint runs on the PyTorch reference, once per ``--keep``, loaded once. An export runs on
+its backend with the budgets it was exported with. Unless pruning is off or ``--no-baseline`` is
+given, the unpruned model runs too: the checkpoint itself, or the one the export came from (in
+the export's LLM dtype), or ``--baseline MODEL``. Its answers are cached under
+``$NUWA_EXPORT_CACHE/eval/`` so that every budget, precision and engine is compared with the
+same full-model answers.
+
+Everything that generates text goes through :func:`answer`; a batched runtime replaces it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nuwa_export.errors import NuwaError
+
+BUDGET_FLAGS = ("keep", "no_prune")
+
+
+@dataclass
+class Run:
+    """One model configuration over the samples; ``open()`` loads it when it is first needed."""
+
+    label: str  # "keep64", "full"
+    budgets: dict
+    open: Callable[[], object]
+    fingerprint: dict = field(default_factory=dict)
+    predictions: Path | None = None
+
+
+@dataclass
+class Plan:
+    model: str
+    backend: str
+    image_config: object
+    runs: list[Run]
+    baseline: Run | None
+    fingerprint: dict
+
+
+def answer(runner, image, prompt: str, sampling) -> dict:
+    """The model's answer to one sample: text, tokens generated and wall time."""
+    t = time.perf_counter()
+    result = runner.generate(image, prompt, sampling)
+    return {"answer": result.text, "tokens": len(result.generated_ids), "ms": round(1000 * (time.perf_counter() - t), 1)}
+
+
+def close(runner) -> None:
+    if hasattr(runner, "close"):
+        runner.close()
+
+
+def _weights_stamp(path: Path) -> list:
+    from nuwa_export.models.loader import weight_files
+
+    files = weight_files(path) + [path / "config.json"]
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+class _Loaded:
+    """A checkpoint loaded at most once, shared by every budget that runs on it."""
+
+    def __init__(self, info, dtype: str, device: str, vision_dtype: str | None = None) -> None:
+        self.info, self.dtype, self.device, self.vision_dtype, self.value = info, dtype, device, vision_dtype, None
+
+    def __call__(self):
+        from nuwa_export.models.loader import load
+
+        if self.value is None:
+            self.value = load(self.info, dtype=self.dtype, device=self.device, vision_dtype=self.vision_dtype)
+        return self.value
+
+
+def _reference_run(loaded: _Loaded, budgets, args: argparse.Namespace, fp: dict) -> Run:
+    from nuwa_export.export.vision import stage_one_spec
+    from nuwa_export.reference import Reference, StageOneOptions
+
+    spec = stage_one_spec(budgets, loaded.info.grid, None)  # the default stage-one settings
+    label = f"keep{budgets.keep}" if budgets.prune else "full"
+    opener = lambda: Reference(loaded(), budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile))
+    return Run(label, budgets.as_dict(), opener, {**fp, "budgets": budgets.as_dict()})
+
+
+def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = None, baseline_only: bool = False):
+    from nuwa_export.models.loader import inspect_checkpoint, pick_device, pick_dtype
+    from nuwa_export.pruning import resolve_budgets
+
+    info = inspect_checkpoint(model)
+    loaded = _Loaded(info, dtype, args.device, vision_dtype)
+    device = pick_device(args.device)
+    resolved = str(pick_dtype(dtype, getattr(info.config, "dtype", None), device)).removeprefix("torch.")
+    fp = {
+        "checkpoint": str(info.path), "weights": _weights_stamp(info.path), "backend": "torch",
+        "dtype": resolved, "vision_dtype": vision_dtype or resolved, "device": device.type,
+    }
+    full = _reference_run(loaded, resolve_budgets(info.num_patches, info.num_layers, prune=False), args, fp)
+    if baseline_only or args.no_prune:
+        return info, loaded, [], full
+    keeps = sorted(set(args.keep or [None]), key=lambda k: (k is None, k))
+    runs = [_reference_run(loaded, resolve_budgets(info.num_patches, info.num_layers, k), args, fp) for k in keeps]
+    return info, loaded, runs, full
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Resolve MODEL_OR_EXPORT and the flags into runs; refuses bad combinations before any work."""
+    from nuwa_export.export import manifest as mf
+    from nuwa_export.run import is_export_dir
+
+    if not is_export_dir(args.model):
+        if args.backend not in (None, "torch"):
+            raise NuwaError(f"--backend {args.backend} runs an export directory; export first: nuwa-export --model {args.model} --out DIR")
+        info, loaded, runs, full = _checkpoint_runs(args.model, args, args.dtype)
+        baseline = None if args.no_baseline or not runs else (_baseline(args) if args.baseline else full)
+        return Plan(info.model_id, "torch", _image_config(info), runs or [full], baseline, {"model": full.fingerprint})
+
+    from nuwa_export.runtime.pipeline import Pipeline, budgets_of, image_config_of
+
+    given = [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f)]
+    if given:
+        raise NuwaError(f"{' '.join(given)}: budgets are fixed when exporting; re-run nuwa-export to change them")
+    directory = Path(args.model).expanduser()
+    manifest = mf.read(directory)
+    backend = args.backend or "ort"
+    b = budgets_of(manifest)
+    if backend == "torch":
+        from nuwa_export.run import reference_for_export
+
+        opener = lambda: reference_for_export(directory, manifest, args.device, args.dtype)
+    else:
+        opener = lambda: Pipeline(directory, backend, args.device)
+    manifest_sha = mf.sha256_file(directory / mf.FILENAME)
+    fp = {"export": str(directory.resolve()), "manifest_sha256": manifest_sha, "backend": backend}
+    run = Run(f"keep{b.keep}" if b.prune else "full", b.as_dict(), opener, fp)
+    baseline = None
+    if b.prune and not args.no_baseline:
+        baseline = _baseline(args) if args.baseline else _export_baseline(manifest, args)
+    return Plan(manifest.model.id, backend, image_config_of(manifest), [run], baseline, {"model": fp})
+
+
+def _image_config(info):
+    from nuwa_export.image import ImageConfig
+
+    return ImageConfig.from_pretrained(info.path, info.config.vision_config.image_size)
+
+
+def _export_baseline(manifest, args) -> Run:
+    """The unpruned checkpoint an export came from, in the export's LLM dtype, vision in float32."""
+    try:
+        _, _, _, full = _checkpoint_runs(manifest.model.id, args, manifest.llm.dtype, "float32", baseline_only=True)
+    except NuwaError as e:
+        raise NuwaError(f"the unpruned baseline needs the checkpoint this export came from ({e}); pass --baseline MODEL or --no-baseline") from None
+    return full
+
+
+def _baseline(args) -> Run:
+    """``--baseline MODEL``: an unpruned export (its backend) or a checkpoint (unpruned, torch)."""
+    from nuwa_export.export import manifest as mf
+    from nuwa_export.run import is_export_dir
+    from nuwa_export.runtime.pipeline import Pipeline, budgets_of
+
+    if not is_export_dir(args.baseline):
+        return _checkpoint_runs(args.baseline, args, args.dtype, baseline_only=True)[3]
+    directory = Path(args.baseline).expanduser()
+    manifest = mf.read(directory)
+    if manifest.budgets.prune:
+        raise NuwaError(f"--baseline {directory} is a pruned export; the baseline must be unpruned (nuwa-export --no-prune)")
+    backend = args.backend if args.backend in ("ort", "trt") else "ort"
+    fp = {"export": str(directory.resolve()), "manifest_sha256": mf.sha256_file(directory / mf.FILENAME), "backend": backend}
+    return Run("full", budgets_of(manifest).as_dict(), lambda: Pipeline(directory, backend, args.device), fp)
