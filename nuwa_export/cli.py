@@ -34,6 +34,28 @@ def finite_float(text: str) -> float:
     return value
 
 
+def user_path(text: str) -> str:
+    """argparse type for paths: ``~`` and ``~user`` expanded here, an unknown user refused."""
+    import os.path
+
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} contains a NUL byte")
+    expanded = os.path.expanduser(text)
+    if text.startswith("~") and expanded == text:  # pathlib would raise on it later
+        raise argparse.ArgumentTypeError(f"cannot expand {text.split('/')[0]}: no such user (or no home directory)")
+    return expanded
+
+
+def os_error(e: OSError) -> str:
+    """One line for an error the file system raised."""
+    name = e.filename if isinstance(e.filename, str) else None
+    name = name if name is None or len(name) <= 120 else name[:60] + "..." + name[-40:]
+    why = e.strerror or type(e).__name__
+    return f"{name}: {why}" if name else why
+
+
 def seed_int(text: str) -> int:
     """argparse type: a seed in ``[0, 2**64)``, what torch's generator takes."""
     try:
@@ -63,6 +85,8 @@ def _guard(prog: str, main: Callable[[list[str] | None], int], argv: list[str] |
         code = main(argv)
     except NuwaError as e:
         code, error = 1, f"{prog}: error: {' '.join(str(e).strip().splitlines())}"  # one line, always
+    except OSError as e:  # the file system said no (a name too long, a full disk, ...): the user's to fix
+        code, error = 1, f"{prog}: error: {os_error(e)}"
     except KeyboardInterrupt:
         code = 130
     except BaseException:
@@ -107,15 +131,15 @@ def add_budget_flags(p: argparse.ArgumentParser) -> None:
 def run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-run", description="Answer a question about an image with Nüwa-pruned LLaVA.")
     p.add_argument(
-        "model", metavar="MODEL",
+        "model", type=user_path, metavar="MODEL",
         help="an export directory (from nuwa-export), or llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id",
     )
-    p.add_argument("--image", help="image file (optional for the demo model: its example picture)")
+    p.add_argument("--image", type=user_path, help="image file (optional for the demo model: its example picture)")
     p.add_argument("--prompt", help="the question")
     p.add_argument("--ground", metavar="PHRASE", help="ask for the box of PHRASE (LLaVA-1.5 grounding) and print it in pixels")
-    p.add_argument("--draw", metavar="OUT.png", help="with --ground: save the image with the box drawn")
+    p.add_argument("--draw", type=user_path, metavar="OUT.png", help="with --ground: save the image with the box drawn")
     p.add_argument(
-        "--show-tokens", metavar="OUT.png",
+        "--show-tokens", type=user_path, metavar="OUT.png",
         help="save the image with the patches stage one kept and stage two's survivors drawn (pillars vs collectors with --backend torch)",
     )
     p.add_argument(
@@ -152,8 +176,8 @@ def run_main(argv: list[str] | None = None) -> int:
 
 def verify_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-verify", description="Compare every backend present against the PyTorch reference, stage by stage.")
-    p.add_argument("export_dir", metavar="EXPORT_DIR")
-    p.add_argument("--image", help="image file (default: the demo street picture)")
+    p.add_argument("export_dir", type=user_path, metavar="EXPORT_DIR")
+    p.add_argument("--image", type=user_path, help="image file (default: the demo street picture)")
     p.add_argument("--prompt", default="What is in the picture?")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -174,8 +198,8 @@ def verify_main(argv: list[str] | None = None) -> int:
 
 def profile_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-profile", description="Time an export stage by stage over repeated runs (median, p90), with memory and KV-cache size.")
-    p.add_argument("export_dir", metavar="EXPORT_DIR")
-    p.add_argument("--image", help="image file (default: the demo's example picture, for demo exports)")
+    p.add_argument("export_dir", type=user_path, metavar="EXPORT_DIR")
+    p.add_argument("--image", type=user_path, help="image file (default: the demo's example picture, for demo exports)")
     p.add_argument("--prompt", default="What is in the picture?")
     p.add_argument("--backend", choices=["ort", "trt", "torch"], default="ort", help="torch runs the PyTorch reference (default ort)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (torch also cuda:N)")
@@ -183,8 +207,8 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens per run; EOS is ignored (default 16)")
-    p.add_argument("--json", metavar="OUT.json", help="write the full report (every run) as JSON")
-    p.add_argument("--plot", metavar="OUT.png", help="draw the stage breakdown (medians, p90 whiskers)")
+    p.add_argument("--json", type=user_path, metavar="OUT.json", help="write the full report (every run) as JSON")
+    p.add_argument("--plot", type=user_path, metavar="OUT.png", help="draw the stage breakdown (medians, p90 whiskers)")
     g = p.add_argument_group("TensorRT per-layer profiles")
     g.add_argument("--trtexec", action="store_true", help="print trtexec per-layer profiling commands for engines/<graph>.plan")
     g.add_argument("--run", action="store_true", help="with --trtexec: run them (needs trtexec on PATH or $TRTEXEC)")
@@ -205,12 +229,12 @@ def profile_main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-build", description="Build TensorRT engines (one per graph, with sidecars) for an export directory.")
-    p.add_argument("export_dir", metavar="EXPORT_DIR")
+    p.add_argument("export_dir", type=user_path, metavar="EXPORT_DIR")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: the export's own (fp32, or fp16 for a float16 export) with a strongly typed builder such as tensorrt-rtx; the profile's (fp16) with full TensorRT")
     p.add_argument("--profile", choices=["orin", "thor", "datacenter"], default="datacenter", help="target device family")
     p.add_argument("--builder", choices=["tensorrt", "tensorrt-rtx"], default="tensorrt", help="TensorRT Python module to build with")
     p.add_argument("--plugin", action="store_true", help="build vision.plugin.onnx with the SwarmAggregate plugin")
-    p.add_argument("--plugin-lib", metavar="PATH", help="libnuwa_trt_plugins.so (default: $NUWA_PLUGIN_LIB)")
+    p.add_argument("--plugin-lib", type=user_path, metavar="PATH", help="libnuwa_trt_plugins.so (default: $NUWA_PLUGIN_LIB)")
     p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
     return p
 
@@ -228,8 +252,8 @@ def build_main(argv: list[str] | None = None) -> int:
 
 def export_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-export", description="Export LLaVA with Nüwa pruning to ONNX.")
-    p.add_argument("--model", required=True, help="llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id")
-    p.add_argument("--out", required=True, help="export directory (written atomically)")
+    p.add_argument("--model", required=True, type=user_path, help="llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id")
+    p.add_argument("--out", required=True, type=user_path, help="export directory (written atomically)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument(
         "--dtype", default="float32", choices=["float32", "float16"],
@@ -260,16 +284,16 @@ def eval_parser() -> argparse.ArgumentParser:
         "against the unpruned model. To score predictions made elsewhere: nuwa-eval score --help.",
     )
     p.add_argument("task", metavar="TASK", help="refcoco, refcoco+, refcocog, gqa, pope or textvqa")
-    p.add_argument("model", metavar="MODEL_OR_EXPORT", help="an export directory, or a checkpoint (llava-1.5-7b, demo, a directory, a hub id)")
-    p.add_argument("--data", required=True, help="lmms-lab parquet (a file, a glob or a folder of one split) or VLM-R1 RefCOCO JSON")
-    p.add_argument("--images", metavar="DIR", help="image folder (JSON data; GQA: a folder of <imageId>.jpg or the images parquet)")
+    p.add_argument("model", type=user_path, metavar="MODEL_OR_EXPORT", help="an export directory, or a checkpoint (llava-1.5-7b, demo, a directory, a hub id)")
+    p.add_argument("--data", required=True, type=user_path, help="lmms-lab parquet (a file, a glob or a folder of one split) or VLM-R1 RefCOCO JSON")
+    p.add_argument("--images", type=user_path, metavar="DIR", help="image folder (JSON data; GQA: a folder of <imageId>.jpg or the images parquet)")
     p.add_argument("--backend", choices=["ort", "trt", "torch"], help="for an export directory (default ort)")
     p.add_argument("--keep", type=int, nargs="+", metavar="K", help="one or more budgets (checkpoints only; default: the default budget)")
     p.add_argument("--no-prune", action="store_true", help="evaluate the unpruned model only")
-    p.add_argument("--baseline", metavar="MODEL", help="the unpruned model for retention (default: the checkpoint itself, or the one the export came from)")
+    p.add_argument("--baseline", type=user_path, metavar="MODEL", help="the unpruned model for retention (default: the checkpoint itself, or the one the export came from)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unpruned run (no retention)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
-    p.add_argument("--out", metavar="DIR", help="results folder (default eval/TASK-MODEL-BACKEND); a rerun resumes it")
+    p.add_argument("--out", type=user_path, metavar="DIR", help="results folder (default eval/TASK-MODEL-BACKEND); a rerun resumes it")
     p.add_argument("--force", action="store_true", help="start over in an --out that holds a run with other settings")
     p.add_argument("--box-convention", choices=["lmms-eval", "padded"], default="lmms-eval", help="grounding: the answer box is in 0-1 of the original image (lmms-eval, default) or of the padded square")
     p.add_argument("--max-new-tokens", type=int, help="default 64 for grounding, 16 for VQA")
@@ -283,9 +307,9 @@ def eval_parser() -> argparse.ArgumentParser:
 def eval_score_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-eval score", description="Score predictions (JSONL lines {\"index\": I, \"answer\": TEXT}) made anywhere.")
     p.add_argument("--task", required=True, help="refcoco, refcoco+, refcocog, gqa, pope or textvqa")
-    p.add_argument("--data", required=True, help="the data the indices refer to")
-    p.add_argument("--images", metavar="DIR", help="as for nuwa-eval")
-    p.add_argument("--predictions", required=True, metavar="FILE.jsonl")
+    p.add_argument("--data", required=True, type=user_path, help="the data the indices refer to")
+    p.add_argument("--images", type=user_path, metavar="DIR", help="as for nuwa-eval")
+    p.add_argument("--predictions", required=True, type=user_path, metavar="FILE.jsonl")
     p.add_argument("--box-convention", choices=["lmms-eval", "padded"], default="lmms-eval")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p

@@ -6,7 +6,6 @@ with ``do_pad=True`` (a test holds it to that).
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from nuwa_export import jsonio
 from nuwa_export.errors import NuwaError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -49,9 +49,7 @@ class ImageConfig:
         """
         file = Path(path) / "preprocessor_config.json"
         try:
-            raw = json.loads(file.read_text()) if file.is_file() else {}
-            if not isinstance(raw, dict):
-                raise ValueError("not a JSON object")
+            raw = jsonio.read(file) if file.is_file() else {}
             crop = raw.get("crop_size") or {}
             size = crop.get("height") if isinstance(crop, dict) else crop
             size = int(size or image_size)
@@ -63,7 +61,9 @@ class ImageConfig:
                 rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
                 pad="square-mean" if raw.get("do_pad", True) else "none",
             )
-        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        except NuwaError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError) as e:
             raise NuwaError(f"cannot read {file}: {_why(e)}") from None
         if size != image_size:
             raise NuwaError(f"{file}: crop size {size} does not match the vision tower's {image_size}")
@@ -119,7 +119,9 @@ def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
         if w < 1 or h < 1:
             raise NuwaError(f"{name} has no pixels ({w}x{h})")
         try:
-            return im.convert("RGB")
+            with warnings.catch_warnings():  # e.g. palette transparency notes: the conversion is what LLaVA does
+                warnings.simplefilter("ignore")
+                return im.convert("RGB")
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
             raise NuwaError(f"cannot read {name} as an image ({_why(e)})") from None
 

@@ -10,7 +10,6 @@ and the slowest layers of each profile are listed.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -18,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nuwa_export import jsonio
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 from nuwa_export.export.trtexec import profiling_commands
@@ -78,13 +78,13 @@ def slowest_layers(profile_json: Path, top: int = 5) -> list[tuple[str, float, f
 
     trtexec's ``--exportProfile`` writes ``[{"count": n}, {"name", "averageMs", "percentage", ...}, ...]``.
     """
+    data = jsonio.read(profile_json, expect=list)
     try:
-        data = json.loads(profile_json.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise NuwaError(f"cannot read the trtexec profile {profile_json} ({e})") from None
-    layers = [d for d in data if isinstance(d, dict) and "name" in d and "averageMs" in d]
-    layers.sort(key=lambda d: -float(d["averageMs"]))
-    return [(str(d["name"]), float(d["averageMs"]), float(d.get("percentage", 0.0))) for d in layers[:top]]
+        layers = [d for d in data if isinstance(d, dict) and "name" in d and "averageMs" in d]
+        layers.sort(key=lambda d: -float(d["averageMs"]))
+        return [(str(d["name"]), float(d["averageMs"]), float(d.get("percentage", 0.0))) for d in layers[:top]]
+    except (TypeError, ValueError) as e:
+        raise NuwaError(f"{profile_json} is not a trtexec profile ({e})") from None
 
 
 def trtexec_cli(directory: Path, execute: bool) -> int:

@@ -45,9 +45,17 @@ class TokenPicker:
     def __call__(self, logits: torch.Tensor) -> int:
         """``logits [V]`` float (torch or NumPy) → token id."""
         logits = torch.as_tensor(logits).detach().float().cpu()
+        if not bool(torch.isfinite(logits).all()):
+            raise NuwaError(
+                "the model produced non-finite logits (nan or inf); its weights or the export are broken "
+                "(nuwa-verify compares an export with the reference)"
+            )
         if self.cfg.greedy:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits / self.cfg.temperature, dim=-1)
+        # shifted so the largest is 0 before dividing: a tiny temperature gives -inf for the others
+        # (probability 0), never inf - inf = nan; this is greedy in the limit, as it should be
+        scaled = (logits.double() - logits.max().double()) / self.cfg.temperature
+        probs = torch.softmax(scaled, dim=-1)
         if self.cfg.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True, stable=True)
             cumulative = sorted_probs.cumsum(0)

@@ -150,12 +150,13 @@ def record(reference, image, prompt: str, max_new_tokens: int = 20) -> Record:
 
     from nuwa_export.generation import decode_loop
     from nuwa_export.image import load_image
-    from nuwa_export.prompt import build_prompt
+    from nuwa_export.prompt import build_prompt, check_context
 
     if not hasattr(image, "size"):
         image = load_image(image)
     loaded = reference.loaded
     ids = build_prompt(loaded.tokenizer, prompt, loaded.image_token_id)
+    check_context(ids, reference.budgets.num_patches, max_new_tokens, loaded.model.config.text_config.max_position_embeddings)
     numpy = lambda t: t.float().cpu().numpy()  # noqa: E731
     with torch.inference_mode():
         vision = reference.vision(reference.pixel_values(image))

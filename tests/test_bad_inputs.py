@@ -263,3 +263,102 @@ def test_broken_checkpoints_nuwa_export_writes_nothing(kind, tmp_path, demo_dir)
     _corrupt(kind, ckpt)
     assert_one_line_proc(console("nuwa-export", "--model", ckpt, "--out", out), "nuwa-export", CHECKPOINTS[kind])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# --- found by a red-team run: hostile JSON, numeric edges, odd paths ---------------------------
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ('{"a": ' + "9" * 5000 + "}", "digits"), (b"\xff\xfe{}", "not UTF-8"), ("{", "Expecting")],
+    ids=["deep", "5000-digit-int", "not-utf8", "truncated"],
+)
+def test_hostile_json_is_one_line(text, why, tmp_path):
+    from nuwa_export import jsonio
+    from nuwa_export.errors import NuwaError
+
+    f = tmp_path / "x.json"
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(NuwaError, match=f"x.json is not valid JSON .*{why}"):
+        jsonio.read(f)
+
+
+def test_hostile_manifest_through_the_console(tmp_path, demo_export):
+    d = tmp_path / "exp"
+    shutil.copytree(demo_export, d)
+    (d / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_one_line_proc(console("nuwa-run", d, "--prompt", "hi"), "nuwa-run", "manifest.json is not valid JSON (nested too deeply)")
+
+
+@pytest.mark.parametrize("temperature", ["1e-45", "1e-300"])
+def test_tiny_temperature_is_greedy_not_a_crash(temperature, demo_export):
+    greedy = console("nuwa-run", demo_export, "--prompt", "hi", "--max-new-tokens", "4", "--json")
+    tiny = console("nuwa-run", demo_export, "--prompt", "hi", "--max-new-tokens", "4", "--json", "--temperature", temperature)
+    assert tiny.returncode == 0, tiny.stderr.decode()
+    assert json.loads(tiny.stdout)["generated_ids"] == json.loads(greedy.stdout)["generated_ids"]
+
+
+def test_non_finite_logits_are_refused():
+    import torch
+
+    from nuwa_export.errors import NuwaError
+    from nuwa_export.sampling import SamplingConfig, TokenPicker
+
+    for cfg in (SamplingConfig(), SamplingConfig(temperature=1.0)):
+        with pytest.raises(NuwaError, match="non-finite logits"):
+            TokenPicker(cfg)(torch.tensor([0.0, float("nan"), 1.0]))
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c, p: c["vision_config"].update(patch_size=0), "patch_size must be a positive integer"),
+        (lambda c, p: c["vision_config"].update(patch_size=5), "is not a multiple of patch_size"),
+        (lambda c, p: c["text_config"].update(num_hidden_layers=1), "at least 2 are needed"),
+        (lambda c, p: p.update(crop_size={"height": float("inf")}), "preprocessor_config.json"),
+        (lambda c, p: p.update(resample=1e999), "preprocessor_config.json"),
+    ],
+    ids=["patch-0", "patch-not-dividing", "one-layer", "crop-inf", "resample-inf"],
+)
+def test_config_values_that_crashed(edit, match, tmp_path, demo_dir):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(demo_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    pre = json.loads((ckpt / "preprocessor_config.json").read_text())
+    edit(cfg, pre)
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    (ckpt / "preprocessor_config.json").write_text(json.dumps(pre))  # json writes inf as Infinity
+    assert_one_line_proc(console("nuwa-run", ckpt, "--prompt", "hi", "--no-prune"), "nuwa-run", match)
+
+
+def test_verify_refuses_more_tokens_than_the_context(demo_export):
+    proc = console("nuwa-verify", demo_export, "--max-new-tokens", "100000")
+    assert_one_line_proc(proc, "nuwa-verify", "the model's context is")
+
+
+def test_palette_image_with_transparency_runs_without_warnings(tmp_path, demo_export):
+    from PIL import Image
+
+    im = Image.new("P", (64, 48))
+    im.putpalette([i % 256 for i in range(768)])
+    im.info["transparency"] = b"\x00" * 10
+    im.save(tmp_path / "p.png", transparency=b"\x00" * 10)
+    proc = console("nuwa-run", demo_export, "--image", tmp_path / "p.png", "--prompt", "hi", "--max-new-tokens", "1", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Warning" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "verb, argv, match",
+    [
+        ("nuwa-export", ["--model", "demo", "--out", "~nosuchuser-nuwa/x"], "cannot expand ~nosuchuser-nuwa: no such user"),
+        ("nuwa-run", ["{EXPORT}", "--prompt", "hi", "--image", "~nosuchuser-nuwa/a.png"], "cannot expand ~nosuchuser-nuwa"),
+        ("nuwa-profile", ["~nosuchuser-nuwa/exp"], "cannot expand ~nosuchuser-nuwa"),
+        ("nuwa-run", ["{EXPORT}", "--prompt", "hi", "--image", "x" * 300 + ".png"], "File name too long"),
+        ("nuwa-verify", ["y" * 300], "File name too long"),
+    ],
+    ids=["export-out-tilde", "run-image-tilde", "profile-tilde", "run-image-long", "verify-long"],
+)
+def test_odd_paths_are_one_line(verb, argv, match, demo_export):
+    argv = [str(demo_export) if a == "{EXPORT}" else a for a in argv]
+    assert_one_line_proc(console(verb, *argv), verb, match)

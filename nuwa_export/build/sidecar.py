@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nuwa_export import jsonio
 from nuwa_export.errors import NuwaError
 from nuwa_export.export.manifest import _build, sha256_file
 
@@ -47,10 +48,7 @@ def path_for(engines: Path, graph: str) -> Path:
 def read(path: Path) -> Sidecar:
     if not path.is_file():
         raise NuwaError(f"{path} is missing: every engine needs its sidecar; rebuild with nuwa-build")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise NuwaError(f"{path} is not valid JSON ({e.msg}); rebuild with nuwa-build") from None
+    data = jsonio.read(path, "; rebuild with nuwa-build", expect=None)
     if isinstance(data, dict) and isinstance(data.get("schema_version"), int) and data["schema_version"] > SCHEMA_VERSION:
         raise NuwaError(f"{path} has schema_version {data['schema_version']}, newer than this nuwa-export reads ({SCHEMA_VERSION})")
     try:

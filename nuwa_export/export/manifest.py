@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
 from nuwa_export.constants import MANIFEST_SCHEMA_VERSION
+from nuwa_export import jsonio
 from nuwa_export.errors import NuwaError
 
 FILENAME = "manifest.json"
@@ -154,12 +155,7 @@ def read(directory: str | Path, *, verify: bool = True) -> Manifest:
     path = directory / FILENAME
     if not path.is_file():
         raise NuwaError(f"{directory} has no {FILENAME}; is it a nuwa-export directory?")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NuwaError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
-    if not isinstance(data, dict):
-        raise NuwaError(f"{path} is not a JSON object")
+    data = jsonio.read(path)
     version = data.get("schema_version")
     if isinstance(version, int) and version > MANIFEST_SCHEMA_VERSION:
         raise NuwaError(

@@ -60,7 +60,16 @@ def check_config(config) -> None:
         raise NuwaError("multi-layer vision features (a list vision_feature_layer) are not supported")
     if config.vision_feature_select_strategy != "default":
         raise NuwaError(f"vision_feature_select_strategy '{config.vision_feature_select_strategy}' is not supported (LLaVA-1.5 uses 'default')")
-    vc = config.vision_config
+    vc, tc = config.vision_config, config.text_config
+    for name, value in (("vision_config.image_size", vc.image_size), ("vision_config.patch_size", vc.patch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise NuwaError(f"config.json: {name} must be a positive integer, got {value!r}")
+    if vc.image_size % vc.patch_size:
+        raise NuwaError(f"config.json: image_size {vc.image_size} is not a multiple of patch_size {vc.patch_size}")
+    if not isinstance(tc.num_hidden_layers, int) or tc.num_hidden_layers < 2:
+        raise NuwaError(
+            f"config.json: the LLM has {tc.num_hidden_layers!r} layers; at least 2 are needed to split it at the stage-two layer"
+        )
     side = vc.image_size // vc.patch_size
     if side % 2:
         raise NuwaError(f"the {side}x{side} patch grid has odd sides; Nüwa tiles it into 2x2 regions")

@@ -39,6 +39,7 @@ class Pipeline:
     """An export directory and one backend; :meth:`generate` answers one question."""
 
     def __init__(self, directory: str | Path, backend: str | Backend = "ort", device: str = "auto") -> None:
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
         from transformers import AutoTokenizer
 
@@ -51,7 +52,11 @@ class Pipeline:
         except Exception as e:  # a tokenizer/ that passed its sha256 yet does not load
             why = " ".join(str(e).split())[:300] or type(e).__name__
             raise NuwaError(f"cannot load the tokenizer in {self.directory / TOKENIZER_DIR} ({why}); re-run nuwa-export") from None
-        self.embeddings = load_file(self.directory / EMBEDDINGS_FILE)["embed_tokens"]
+        try:
+            self.embeddings = load_file(self.directory / EMBEDDINGS_FILE)["embed_tokens"]
+        except (SafetensorError, OSError, KeyError) as e:  # passed its sha256 and header check, yet broken
+            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise NuwaError(f"cannot load {self.directory / EMBEDDINGS_FILE} ({why}); re-run nuwa-export") from None
         self.backend = backend if isinstance(backend, Backend) else make_backend(backend, self.directory, self.manifest, device)
 
     def close(self) -> None:
