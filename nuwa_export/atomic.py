@@ -9,6 +9,7 @@ half-new or ``.NAME.old-PID`` entry behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -21,6 +22,33 @@ from nuwa_export.errors import NuwaError
 
 def _why(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
+
+
+#: Why a path that is not UTF-8 is refused (:func:`check_utf8_path`).
+UTF8_ONLY = "nuwa-export needs paths that are valid UTF-8 (the tokenizer and safetensors libraries cannot open others)"
+
+
+def check_utf8_path(path: str | bytes | Path, what: str = "") -> None:
+    """Refuse, in one line, a path that the Rust libraries (tokenizers, safetensors) and ONNX
+    Runtime / TensorRT cannot be given: one whose bytes are not UTF-8 (Python holds them as lone
+    surrogates). The absolute path is checked too, so a relative path below a non-UTF-8 current
+    directory is refused as well. ``what`` (e.g. "export directory") is added to the message.
+    """
+    given = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    candidates = [given]
+    try:
+        candidates.append(os.path.abspath(os.path.expanduser(given)))
+    except OSError:  # the current directory is gone: only the path as given can be checked
+        pass
+    for text in candidates:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                shown = os.fsencode(text).decode("utf-8", "backslashreplace")  # the bad bytes as \xNN
+            except UnicodeEncodeError:  # a lone surrogate that came from no byte
+                shown = text.encode("utf-8", "backslashreplace").decode()
+            raise NuwaError(f"{shown}{f' ({what})' if what else ''}: {UTF8_ONLY}") from None
 
 
 def absolute(path: str | Path) -> Path:
@@ -44,13 +72,23 @@ def absolute(path: str | Path) -> Path:
 
 
 def _check_parent(path: Path, shown: Path) -> None:
-    """``path``'s nearest existing directory (the one a new parent would go in) is writable."""
+    """``path``'s nearest existing directory (the one a new parent would go in) is writable.
+
+    Probed by creating (and at once removing) a directory there: ``os.access`` says yes to root
+    everywhere, also in ``/proc`` and ``/sys``, which refuse new entries all the same.
+    """
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not os.access(parent, os.W_OK | os.X_OK):
         why = "read-only file system" if _read_only(parent) else "permission denied"
         raise NuwaError(f"cannot write {shown}: {parent} is not writable ({why})")
+    try:
+        with interrupt.critical():  # a Ctrl-C here never leaves the probe behind
+            os.rmdir(tempfile.mkdtemp(prefix=".nuwa-probe-", dir=parent))
+    except OSError as e:
+        why = "read-only file system" if e.errno == errno.EROFS or _read_only(parent) else _why(e)
+        raise NuwaError(f"cannot write {shown}: {parent} is not writable ({why})") from None
 
 
 def _read_only(path: Path) -> bool:

@@ -22,6 +22,7 @@ and a legend strip is added below the picture. The file is written atomically.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,11 +44,27 @@ MIN_SIDE = 448
 Box = tuple[float, float, float, float]
 
 
+def save_format(path: str | Path) -> str:
+    """The Pillow format an RGB image is saved in for ``path``'s extension, or a one-line error:
+    an extension Pillow does not know, a format it reads but cannot write (``.psd``), or one
+    that cannot hold an RGB picture (``.xbm``). A 1×1 picture is saved in memory to find out."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise NuwaError(f"{path}: unknown image format '{path.suffix}' (use .png)")
+    if fmt not in Image.SAVE:
+        raise NuwaError(f"{path}: Pillow reads {fmt} images but cannot write them (use .png)")
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except Exception as e:  # a plugin's own refusal (OSError, ValueError, KeyError...): this format cannot be written
+        raise NuwaError(f"{path}: Pillow cannot write an RGB picture as {fmt} ({' '.join(str(e).split())[:120] or type(e).__name__}); use .png") from None
+    return fmt
+
+
 def check_output(path: str | Path) -> Path:
     """Refuse an output path that cannot be written, before any work is done."""
     path = Path(path)
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise NuwaError(f"{path}: unknown image format '{path.suffix}' (use .png)")
+    save_format(path)
     check_output_file(path)  # its directory exists and is writable; not a directory, link or device
     return path
 
@@ -206,4 +223,4 @@ def _entries(grid, stage_one, stage_two, pillars, layer, hidden: int) -> list[tu
 
 def _save(image: Image.Image, path: Path) -> Path:
     check_output(path)
-    return write_file(path, lambda tmp: image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()]))
+    return write_file(path, lambda tmp: image.save(tmp, format=save_format(path)))

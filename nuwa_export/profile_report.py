@@ -69,9 +69,17 @@ def print_table(report: dict, file=None) -> None:
 
 
 def check_plot_path(path: str | Path) -> Path:
+    """Refuse, before profiling, a chart path that :func:`plot` could not write: a format outside
+    :data:`PLOT_FORMATS` or one this matplotlib cannot save, no matplotlib, a bad place."""
     path = Path(path)
     if path.suffix.lower() not in PLOT_FORMATS:
         raise NuwaError(f"{path}: the chart is written as {', '.join(PLOT_FORMATS)}, not '{path.suffix}'")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise NuwaError("--plot needs matplotlib: pip install 'matplotlib>=3.8'") from None
+    if path.suffix.lower().lstrip(".") not in Figure().canvas.get_supported_filetypes():
+        raise NuwaError(f"{path}: this matplotlib cannot write '{path.suffix}' charts; use .png")
     check_output_file(path)  # its directory exists and is writable; not a directory, link or device
     return path
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from nuwa_export import __version__
 from nuwa_export.atomic import atomic_dir, check_dir_target
 from nuwa_export.build import sidecar as sc
-from nuwa_export.build.engine import BuildOptions, Profile, build_engine, import_tensorrt, load_plugin_library, strongly_typed
+from nuwa_export.build.engine import (
+    BuildOptions, Profile, build_engine, check_plugin_library, import_tensorrt, load_plugin_library, strongly_typed,
+)
 from nuwa_export.build.targets import target
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
@@ -83,19 +85,23 @@ def build(
     progress: bool = True,
 ) -> dict[str, sc.Sidecar]:
     """Build every engine of the export at ``directory`` into ``directory/engines`` (atomically)."""
+    if plugin_lib is not None and not plugin:
+        raise NuwaError("--plugin-lib has no effect without --plugin; add --plugin to build vision.plugin.onnx, or drop --plugin-lib")
     directory = Path(directory)
-    manifest = mf.read(directory)
+    manifest = mf.read(directory)  # every graph's profiles are checked here, before the first build
     check_dir_target(directory / ENGINES_DIR, force=True)  # never replaced through a symbolic link
     tgt = target(profile)
     if precision is not None:
         tgt.check_precision(precision)  # an unknown precision is refused before TensorRT is imported
-    trt = import_tensorrt(builder)
     lib = plugin_library(plugin_lib)
     if plugin:
         if builder == "tensorrt-rtx":
             raise NuwaError("--plugin needs full TensorRT: the plugin library links libnvinfer, which TensorRT for RTX does not load")
         if lib is None:
             raise NuwaError(f"--plugin needs the plugin library: pass --plugin-lib PATH or set {PLUGIN_ENV} (see docs/plugin.md)")
+        check_plugin_library(lib)  # missing, unreadable or not a shared library: refused before TensorRT is imported
+    trt = import_tensorrt(builder)
+    if plugin:
         load_plugin_library(lib)
     typed = strongly_typed(trt)
     precision, reason = choose_precision(precision, tgt, typed, manifest.llm.dtype, f"{builder} {trt.__version__}")

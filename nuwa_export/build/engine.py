@@ -10,6 +10,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
 
 BUILDERS = {"tensorrt": ("tensorrt", "tensorrt-cu12 (or JetPack's python3-libnvinfer)"), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13")}
@@ -58,7 +59,9 @@ def quiet_logger(trt):
 
 def parse(trt, onnx_path: Path):
     """Returns ``(builder, network, parser)``; parser errors become one :class:`NuwaError`."""
+    check_utf8_path(onnx_path, "ONNX graph")  # parse_from_file takes a str that must encode as UTF-8
     logger = quiet_logger(trt)
+    logger.errors.clear()  # what an earlier graph logged is not this graph's error
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
     parser = trt.OnnxParser(network, logger)
@@ -101,16 +104,41 @@ def set_precision(trt, config, precision: str, builder: str) -> None:
     config.set_flag(flag)
 
 
+def check_plugin_library(path: Path) -> None:
+    """Refuse, in one line, a plugin library that is missing, unreadable or not a shared library
+    (an ELF file), before TensorRT is imported or anything is built."""
+    if path.is_dir():
+        raise NuwaError(f"plugin library {path} is a directory, not a shared library (libnuwa_trt_plugins.so)")
+    if not path.is_file():
+        raise NuwaError(f"plugin library not found: {path} (build it with CMake: see docs/plugin.md)")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise NuwaError(f"cannot read the plugin library {path} ({e.strerror or type(e).__name__})") from None
+    if magic != b"\x7fELF":
+        raise NuwaError(f"plugin library {path} is not a shared library (no ELF header); build libnuwa_trt_plugins.so with CMake: see docs/plugin.md")
+
+
 def load_plugin_library(path: Path) -> None:
     """Load the SwarmAggregate plugin library (it registers its creator with TensorRT on load)."""
     import ctypes
 
-    if not path.is_file():
-        raise NuwaError(f"plugin library not found: {path} (build it with CMake: see docs/plugin.md)")
+    check_plugin_library(path)
     try:
         ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     except OSError as e:
         raise NuwaError(f"cannot load the plugin library {path}: {e}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _logged(trt) -> str:
+    """``": <the last error TensorRT logged>"``, or nothing."""
+    errors = quiet_logger(trt).errors
+    return f": {errors[-1][:300]}" if errors else ""
 
 
 def build_engine(
@@ -133,19 +161,24 @@ def build_engine(
         config.set_timing_cache(cache, ignore_mismatch=False)
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     names = {t.name for t in inputs if -1 in tuple(t.shape)}  # static inputs need no profile
-    for prof in profiles:
+    for i, prof in enumerate(profiles):
         missing = names - set(prof.shapes)
         if missing:
             raise NuwaError(f"profile for {onnx_path.name} lacks shapes for inputs {sorted(missing)}")
         p = trt_builder.create_optimization_profile()
         for name, (lo, opt, hi) in prof.shapes.items():
-            p.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(p)
-    blob = trt_builder.build_serialized_network(network, config)
+            try:
+                p.set_shape(name, lo, opt, hi)
+            except (RuntimeError, ValueError, TypeError, OverflowError) as e:  # TensorRT's bindings reject the shape
+                raise NuwaError(f"TensorRT ({builder}) refused profile {i} of {onnx_path.name}, input {name} {[list(lo), list(opt), list(hi)]}: {_one_line(e)}") from None
+        if config.add_optimization_profile(p) < 0:
+            raise NuwaError(f"TensorRT ({builder}) refused profile {i} of {onnx_path.name} as invalid{_logged(trt)}")
+    try:
+        blob = trt_builder.build_serialized_network(network, config)
+    except RuntimeError as e:  # some TensorRT versions raise instead of returning None
+        raise NuwaError(f"TensorRT ({builder}) failed to build an engine from {onnx_path.name}: {_one_line(e)}") from None
     if blob is None:
-        errors = quiet_logger(trt).errors
-        detail = f": {errors[-1][:300]}" if errors else ""
-        raise NuwaError(f"TensorRT ({builder}) failed to build an engine from {onnx_path.name}{detail}")
+        raise NuwaError(f"TensorRT ({builder}) failed to build an engine from {onnx_path.name}{_logged(trt)}")
     if timing_cache:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return bytes(blob)

@@ -70,4 +70,7 @@ def draw(image, box_px: Box, path: str | Path, label: str = "") -> Path:
     if label:
         d.text((box_px[0] + width + 2, box_px[1] + width + 2), label, fill=(255, 40, 40))
     path = Path(path)
-    return write_file(path, lambda tmp: out.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG")))
+    from nuwa_export.overlay import check_output, save_format
+
+    check_output(path)  # a format Pillow cannot write is one line (run.py checks it before the model runs too)
+    return write_file(path, lambda tmp: out.save(tmp, format=save_format(path)))

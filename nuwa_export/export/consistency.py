@@ -25,6 +25,7 @@ import mmap
 import struct
 from pathlib import Path, PurePosixPath
 
+from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 
@@ -395,6 +396,42 @@ def _check_profiles(m: mf.Manifest, io: dict[str, list[mf.TensorSpec]]) -> None:
                 )
                 if not ok:
                     _fail(f"{where}.{name} is not [min, opt, max] shapes of {_shape(dims)}")
+            _check_profile_dims(m, where, profile, inputs)
+
+
+#: TensorRT takes every dimension as an int32.
+INT32_MAX = 2**31 - 1
+
+
+def _check_profile_dims(m: mf.Manifest, where: str, profile: dict, inputs: dict[str, list]) -> None:
+    """The dynamic dimensions of one well-formed profile: within int32 and the range each can take
+    (batch and seq at least 1, past at least 0; seq + past within llm.max_positions), and the same
+    range for a named dimension wherever it occurs (TensorRT refuses contradictory ones, but only
+    when it builds that graph, after the graphs before it were built)."""
+    limit = m.llm.max_positions
+    lowest = {"past": 0}
+    highest = {"seq": (limit, "llm.max_positions"), "past": (limit - 1, "llm.max_positions - 1")}
+    ranges: dict[str, tuple[str, list]] = {}
+    for name, shapes in profile.items():
+        for axis, dim in enumerate(inputs[name]):
+            if _is_int(dim):
+                continue
+            lo, opt, hi = (s[axis] for s in shapes)
+            at = f"{where}.{name} dimension {axis} ({dim})"
+            if hi > INT32_MAX:
+                _fail(f"{at} has max {hi}, beyond what TensorRT takes (2**31 - 1)")
+            if lo < lowest.get(dim, 1):
+                _fail(f"{at} has min {lo}; it must be at least {lowest.get(dim, 1)}")
+            top, field = highest.get(dim, (None, None))
+            if top is not None and hi > top:
+                _fail(f"{at} has max {hi}, beyond manifest.json {field} = {top}")
+            seen = ranges.setdefault(dim, (name, [lo, opt, hi]))
+            if seen[1] != [lo, opt, hi]:
+                _fail(f"{at} is {[lo, opt, hi]} but {dim} of {seen[0]} is {seen[1]}: one dimension, two ranges")
+    if "seq" in ranges and "past" in ranges:
+        seq, past = ranges["seq"][1][2], ranges["past"][1][2]
+        if seq + past > limit:
+            _fail(f"{where}: max seq {seq} + max past {past} is beyond manifest.json llm.max_positions = {limit}")
 
 
 # --- the embedding table ----------------------------------------------------------------------
@@ -440,6 +477,7 @@ def _check_embeddings(directory: Path, m: mf.Manifest) -> None:
 
 def check(directory: str | Path, m: mf.Manifest) -> None:
     """Refuse, in one line, an export whose files and manifest values disagree (module doc)."""
+    check_utf8_path(directory, "export directory")  # ONNX Runtime, TensorRT and the tokenizer take UTF-8 paths only
     directory = Path(directory)
     _check_values(m)
     expected = _expected(m)

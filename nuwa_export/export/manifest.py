@@ -152,6 +152,10 @@ def read(directory: str | Path, *, verify: bool = True) -> Manifest:
     """Load and check ``DIR/manifest.json``; with ``verify``, every listed file's sha256 too, and
     that the graphs and embeddings agree with it (:mod:`nuwa_export.export.consistency`)."""
     directory = Path(directory)
+    if verify:
+        from nuwa_export.atomic import check_utf8_path
+
+        check_utf8_path(directory, "export directory")  # before hashing every file
     path = directory / FILENAME
     if not path.is_file():
         raise NuwaError(f"{directory} has no {FILENAME}; is it a nuwa-export directory?")

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nuwa_export import __version__
-from nuwa_export.atomic import atomic_dir, check_dir_target
+from nuwa_export.atomic import atomic_dir, check_dir_target, check_utf8_path
 from nuwa_export.constants import MANIFEST_SCHEMA_VERSION, OPSET
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
@@ -91,6 +91,9 @@ def export(
     out = Path(out)
     if dtype not in DTYPES:
         raise NuwaError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    check_utf8_path(out, "--out")  # the tokenizer and safetensors writers take UTF-8 paths only
+    if os.path.exists(os.path.expanduser(model)):  # a local checkpoint (not an alias or a hub id)
+        check_utf8_path(model, "--model")
     check_dir_target(out, force=force)  # a bad --out is refused before anything slow starts (torch included)
 
     import gc

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
 from nuwa_export.image import ImageConfig
 from nuwa_export.models.llava import LlavaParts, check_config
@@ -114,6 +115,7 @@ def inspect_checkpoint(model: str) -> CheckpointInfo:
     from transformers import AutoConfig
 
     path, model_id = resolve(model)
+    check_utf8_path(path, "checkpoint")  # tokenizers and safetensors open only UTF-8 paths
     if not (path / "config.json").is_file():
         raise NuwaError(f"{path} has no config.json; is it an HF checkpoint directory?")
     try:
