@@ -6,10 +6,12 @@ with ``do_pad=True`` (a test holds it to that).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -93,13 +95,11 @@ def load_image(path: str | Path) -> Image.Image:
     return decode_image(p, str(p))
 
 
-def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
-    """Decode an image file or file-like object (e.g. bytes from a parquet file) as RGB.
-
-    The size is read from the header and refused above :data:`MAX_IMAGE_PIXELS` before any
-    pixel is decoded; this replaces Pillow's decompression-bomb warning and error, so nothing
-    but one :class:`NuwaError` line ever reaches the user. ``name`` is how errors call it.
-    """
+@contextlib.contextmanager
+def _opened(source: Path | BinaryIO, name: str) -> Iterator[Image.Image]:
+    """Open an image lazily (header only) and refuse it in one line if it is not an image, or is
+    larger than :data:`MAX_IMAGE_PIXELS` or empty. This replaces Pillow's decompression-bomb
+    warning and error, so nothing but one :class:`NuwaError` line ever reaches the user."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -108,7 +108,9 @@ def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
                 im = Image.open(source)
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+    except UnidentifiedImageError:
+        raise NuwaError(f"cannot read {name} as an image (not a format Pillow knows)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise NuwaError(f"cannot read {name} as an image ({_why(e)})") from None
     with im:
         w, h = im.size
@@ -118,6 +120,21 @@ def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
             )
         if w < 1 or h < 1:
             raise NuwaError(f"{name} has no pixels ({w}x{h})")
+        yield im
+
+
+def image_size(source: Path | BinaryIO, name: str) -> tuple[int, int]:
+    """``(width, height)`` from the header alone (no pixels decoded), with :func:`decode_image`'s checks."""
+    with _opened(source, name) as im:
+        return im.size
+
+
+def decode_image(source: Path | BinaryIO, name: str) -> Image.Image:
+    """Decode an image file or file-like object (e.g. bytes from a parquet file) as RGB.
+
+    The header is checked first (:func:`image_size`'s limits); ``name`` is how errors call it.
+    """
+    with _opened(source, name) as im:
         try:
             with warnings.catch_warnings():  # e.g. palette transparency notes: the conversion is what LLaVA does
                 warnings.simplefilter("ignore")

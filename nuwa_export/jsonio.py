@@ -26,7 +26,8 @@ def loads(text: str | bytes, where: str, hint: str = ""):
     except RecursionError:
         why = "nested too deeply"
     except ValueError as e:  # e.g. an integer with more digits than Python converts
-        why = (str(e).splitlines() or ["invalid value"])[0][:120]
+        msg = (str(e).splitlines() or ["invalid value"])[0]
+        why = "a number with too many digits" if "digits" in msg else msg.split(";")[0][:120]
     raise NuwaError(f"{where} is not valid JSON ({why}){hint}")
 
 

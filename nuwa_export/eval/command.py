@@ -2,8 +2,17 @@
 
 ``OUT/`` holds ``run.json`` (the settings, so a rerun resumes only the same run),
 ``predictions/<label>.jsonl`` (one line per sample, appended as it finishes), and at the end
-``summary.json``, ``summary.md`` and the figures. The summary files are removed when a run
-starts and written only when every run has every sample, so a partial run never looks complete.
+``summary.json``, ``summary.md`` and the figures.
+
+Everything that can be checked is checked before anything is written or shown: the flags, the
+data (annotations, and every image's header), ``--out`` and the first model to run (opened, so
+its device, engines and tokenizer are known good). ``OUT/`` is first touched when the first
+answer is saved: then a stale summary is removed, ``run.json`` written and the run's header
+printed. A command that fails before that leaves ``OUT/`` as it was; one that fails later (an
+image whose pixels are broken, found when its sample runs) keeps the answers saved so far, for
+a rerun to resume, ends with its one error line and leaves no summary. The summary is written
+only when every run has every sample, so a partial run never looks complete. Progress bars
+are shown only on a terminal.
 """
 
 from __future__ import annotations
@@ -15,11 +24,12 @@ import os
 import sys
 from pathlib import Path
 
-from nuwa_export import __version__
+from nuwa_export import __version__, jsonio
 from nuwa_export.errors import NuwaError
 from nuwa_export.eval import metrics as scoring
 from nuwa_export.eval import records, report, runner
 from nuwa_export.eval.data import EvalData, load, sha_key
+from nuwa_export.eval.paths import check_writable_dir, user_path
 from nuwa_export.eval.tasks import BOX_CONVENTIONS, Task, get_task
 
 SCHEMA_VERSION = 1
@@ -30,6 +40,14 @@ def _say(msg: str) -> None:
     print(f"nuwa-eval: {msg}", file=sys.stderr)
 
 
+def _interactive() -> bool:
+    """Whether stderr is a terminal (progress bars and spinners are drawn only there)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
 def _open_data(args) -> tuple[Task, EvalData]:
     task = get_task(args.task)
     data = load(task, args.data, args.images)
@@ -38,49 +56,87 @@ def _open_data(args) -> tuple[Task, EvalData]:
     return task, data
 
 
-def _prepare_out(out: Path, settings: dict, force: bool) -> None:
-    """Resume only a run with the same settings; clear stale summaries so they cannot mislead."""
-    if out.exists() and not out.is_dir():
-        raise NuwaError(f"--out {out} exists and is not a directory")
+def _inspect_out(out: Path, settings: dict, force: bool) -> bool:
+    """Whether ``out`` can hold this run, read only: True when its predictions are to be
+    discarded (``--force`` over other settings); refuses another run's or a foreign folder."""
+    check_writable_dir(out, "--out")
     state = out / "run.json"
-    if state.is_file():
-        try:
-            old = json.loads(state.read_text()).get("settings")
-        except (json.JSONDecodeError, AttributeError):
-            old = None
-        if old != settings:
+    try:
+        if state.is_file() or state.is_symlink():
+            try:
+                old = jsonio.loads(state.read_bytes(), str(state))
+            except (OSError, NuwaError):
+                old = None
+            old = old.get("settings") if isinstance(old, dict) else None
+            if old == settings:
+                return False
             if not force:
                 changed = sorted(k for k in settings if not isinstance(old, dict) or old.get(k) != settings[k]) or ["format"]
                 raise NuwaError(f"{out} holds a run with other settings (different {', '.join(changed)}); pass --force to start over, or another --out")
+            return True
+        if out.is_dir() and any(out.iterdir()):
+            if not force:
+                raise NuwaError(f"--out {out} is not empty and holds no nuwa-eval run; pass --force or another --out")
+            return True
+    except OSError as e:
+        raise NuwaError(f"cannot read --out {out} ({e.strerror or type(e).__name__})") from None
+    return False
+
+
+def _commit_out(out: Path, settings: dict, fresh: bool) -> None:
+    """The run takes ``out`` over: old predictions go (``fresh``), and so does a stale summary."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if fresh:
             for f in (out / "predictions").glob("*.jsonl"):
                 f.unlink()
-    elif out.is_dir() and any(out.iterdir()) and not force:
-        raise NuwaError(f"--out {out} is not empty and holds no nuwa-eval run; pass --force or another --out")
-    for name in report.SUMMARY_FILES:
-        (out / name).unlink(missing_ok=True)
-    records.write_json(state, {"schema_version": SCHEMA_VERSION, "settings": settings})
+        for name in report.SUMMARY_FILES:
+            (out / name).unlink(missing_ok=True)
+        records.write_json(out / "run.json", {"schema_version": SCHEMA_VERSION, "settings": settings})
+    except OSError as e:
+        raise NuwaError(f"cannot write --out {out} ({e.strerror or type(e).__name__})") from None
 
 
-def _execute(run: runner.Run, data: EvalData, indices: list[int], task: Task, sampling, progress) -> None:
-    done = records.read_predictions(run.predictions, len(data), repair=True)
-    todo = [i for i in indices if i not in done]
-    bar = progress.add_task(run.label, total=len(indices), completed=len(indices) - len(todo))
+def _open(run: runner.Run, spinner: bool):
+    """Load ``run``'s model (a spinner on a terminal: it can take a while)."""
+    if not spinner:
+        return run.open()
+    from rich.console import Console
+
+    with Console(file=sys.stderr).status(f"loading the model for {run.label} ..."):
+        return run.open()
+
+
+def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task: Task, sampling, progress, started, model=None) -> None:
+    """Answer ``todo`` with ``run``'s model (``model``: already open); ``started()`` is called
+    before the first answer is saved."""
+    bar = progress.add_task(run.label, total=total, completed=total - len(todo))
     if not todo:
         return
-    model = run.open()
+    if model is None:
+        model = run.open()
+    out = None
     try:
-        with records.Appender(run.predictions) as out:
-            for i in todo:
-                sample = data.samples[i]
-                rec = runner.answer(model, data.image(i), task.prompt(sample.text, FAMILY), sampling)
-                out.write({"index": i, "id": sample.id, **rec})
-                progress.advance(bar)
+        for i in todo:
+            sample = data.samples[i]
+            image = data.image(i)  # a broken image names its sample
+            try:
+                rec = runner.answer(model, image, task.prompt(sample.text, FAMILY), sampling)
+            except NuwaError as e:
+                raise NuwaError(f"{run.label}, sample {i}: {e}") from None
+            if out is None:
+                started()
+                out = records.Appender(run.predictions)
+            out.write({"index": i, "id": sample.id, **rec})
+            progress.advance(bar)
     finally:
+        if out is not None:
+            out.close()
         runner.close(model)
 
 
 def _result(run: runner.Run, data: EvalData, indices: list[int], convention: str, cfg) -> tuple[dict, dict]:
-    recs = records.read_predictions(run.predictions, len(data))
+    recs = records.read_predictions(run.predictions, len(data), repair=True)
     answers = {i: recs[i]["answer"] for i in indices if i in recs}
     metrics, rows = scoring.score(data, answers, convention, cfg)
     timed = [recs[i] for i in answers if "ms" in recs[i]]
@@ -119,6 +175,7 @@ def _eval(args: argparse.Namespace) -> int:
     from nuwa_export.models.demo import cache_dir
     from nuwa_export.sampling import SamplingConfig
 
+    # 1. everything that can be checked, before anything is written or shown
     if args.limit is not None and args.limit < 1:
         raise NuwaError(f"--limit must be at least 1, got {args.limit}")
     task, data = _open_data(args)
@@ -126,34 +183,59 @@ def _eval(args: argparse.Namespace) -> int:
     data.check_images(indices)
     sampling = SamplingConfig(task.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens)
     plan = runner.plan(args)
-    out = Path(args.out or Path("eval") / f"{task.name}-{Path(args.model).name}-{plan.backend}").expanduser()
+    out = user_path(args.out, "--out") if args.out else Path("eval") / f"{task.name}-{Path(args.model).name}-{plan.backend}"
     settings = {"task": task.name, "data": data.fingerprint(), "family": FAMILY, "max_new_tokens": sampling.max_new_tokens, **plan.fingerprint}
-    _prepare_out(out, settings, args.force)
+    fresh = _inspect_out(out, settings, args.force)
     for run in plan.runs:
         run.predictions = out / "predictions" / f"{run.label}.jsonl"
     if plan.baseline is not None:
         key = sha_key({k: settings[k] for k in ("task", "data", "family", "max_new_tokens")} | {"model": plan.baseline.fingerprint})
-        plan.baseline.predictions = cache_dir() / "eval" / f"{task.name}-full-{key}.jsonl"
-    _say(f"{task.name}: {len(indices)} of {len(data)} samples · {plan.model} · {plan.backend} · writing {out}")
-    if task.grounding:
-        _say(f"box convention: {args.box_convention}: {BOX_CONVENTIONS[args.box_convention]}")
+        cache = cache_dir() / "eval"
+        check_writable_dir(cache, "the baseline cache", links_ok=True)
+        plan.baseline.predictions = cache / f"{task.name}-full-{key}.jsonl"
     runs = plan.runs + ([plan.baseline] if plan.baseline else [])
-    with report.progress_bar() as progress:
-        for run in runs:
-            try:
-                _execute(run, data, indices, task, sampling, progress)
-            except KeyboardInterrupt:
+    work = []
+    for run in runs:
+        ours = run is not plan.baseline
+        done = {} if fresh and ours else records.read_predictions(run.predictions, len(data), repair=True)
+        work.append((run, [i for i in indices if i not in done]))
+    first = next((run for run, todo in work if todo), None)
+    tty = _interactive()
+    model = _open(first, tty) if first is not None else None  # its device, engines and tokenizer
+
+    # 2. the run: OUT is taken over when the first answer is saved
+    taken = []
+
+    def take_over() -> None:
+        if taken:
+            return
+        _commit_out(out, settings, fresh)
+        taken.append(True)
+        _say(f"{task.name}: {len(indices)} of {len(data)} samples · {plan.model} · {plan.backend} · writing {out}")
+        if task.grounding:
+            _say(f"box convention: {args.box_convention}: {BOX_CONVENTIONS[args.box_convention]}")
+
+    with report.progress_bar(enabled=tty) as progress:
+        try:
+            for run, todo in work:
+                _execute(run, todo, len(indices), data, task, sampling, progress, take_over, model if run is first else None)
+        except KeyboardInterrupt:
+            if taken or not fresh:
                 have = len(records.read_predictions(run.predictions, len(data), repair=True))
-                _say(f"{run.label}: {have} of {len(indices)} samples saved in {run.predictions}; run the same command again to resume")
-                raise
+                if have:
+                    _say(f"{run.label}: {have} of {len(indices)} samples saved in {run.predictions}; run the same command again to resume")
+            raise
+        except BaseException:
+            progress.live.transient = True  # on a terminal the bars go; the error is the last line
+            raise
+    take_over()  # nothing was left to run: the summary is made again
     summary = _summarise(args, task, data, indices, plan, out)
+    if not summary["complete"]:
+        raise NuwaError("some samples have no answer (was a predictions file changed meanwhile?); nothing summarised, run the same command again to resume")
     if args.json:
         print(json.dumps(summary))
     else:
         report.print_table(summary)
-    if not summary["complete"]:
-        _say("some samples have no answer (was a predictions file changed meanwhile?); nothing summarised, run again to resume")
-        return 1
     return 0
 
 
@@ -168,8 +250,8 @@ def _summarise(args, task: Task, data: EvalData, indices: list[int], plan: runne
         baseline, base_rows = _result(plan.baseline, data, indices, convention, plan.image_config)
         baseline["cache"] = baseline["predictions"]
         copy = out / "predictions" / "full.jsonl"
-        recs = records.read_predictions(plan.baseline.predictions, len(data))
-        records.write_atomic(copy, "".join(json.dumps(recs[i], ensure_ascii=False) + "\n" for i in indices if i in recs))
+        recs = records.read_predictions(plan.baseline.predictions, len(data), repair=True)
+        records.write_atomic(copy, b"".join(records.line_of(recs[i]) for i in indices if i in recs))
         baseline["predictions"] = str(copy)
         for res in results:
             common = sorted(set(rows[res["label"]]) & set(base_rows))
@@ -204,7 +286,7 @@ def _summarise(args, task: Task, data: EvalData, indices: list[int], plan: runne
 def score_cli(args: argparse.Namespace) -> int:
     """``nuwa-eval score``: score a predictions file made anywhere against the data."""
     task, data = _open_data(args)
-    recs = records.read_predictions(Path(args.predictions), len(data))
+    recs = records.read_predictions(user_path(args.predictions, "--predictions"), len(data))
     if not recs:
         raise NuwaError(f"{args.predictions} holds no predictions")
     metrics, _ = scoring.score(data, {i: r["answer"] for i, r in recs.items()}, args.box_convention)

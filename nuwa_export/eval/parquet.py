@@ -8,11 +8,11 @@ once; image bytes stay on disk and are read one row group at a time, as samples 
 from __future__ import annotations
 
 import glob
-import io
 import re
 from pathlib import Path
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.eval.paths import user_path
 
 _SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}\.parquet$")
 
@@ -28,7 +28,7 @@ def _pq():
 def parquet_files(spec: str | Path) -> list[Path]:
     """The files ``spec`` names (a file, a glob or a folder of one split's shards), sorted."""
     spec = str(spec)
-    path = Path(spec).expanduser()
+    path = user_path(spec, "--data")
     if path.is_dir():
         files = sorted(path.glob("*.parquet"))
         if not files:
@@ -102,7 +102,10 @@ class LazyColumn:
         for k, (f, g, first, n) in enumerate(self._groups):
             if first <= row < first + n:
                 if self._cached is None or self._cached[0] != k:
-                    table = _pq().ParquetFile(f).read_row_group(g, columns=[self.column])
+                    try:
+                        table = _pq().ParquetFile(f).read_row_group(g, columns=[self.column])
+                    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+                        raise NuwaError(f"cannot read {f} row group {g} ({(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
                     self._cached = (k, table.column(0).to_pylist())
                 return self._cached[1][row - first]
         raise IndexError(row)
@@ -119,16 +122,13 @@ def image_bytes(value, where: str, images_dir: Path | None) -> bytes:
     if isinstance(value, dict):
         if value.get("bytes"):
             return value["bytes"]
-        if value.get("path") and images_dir is not None and (images_dir / value["path"]).is_file():
-            return (images_dir / value["path"]).read_bytes()
+        if isinstance(value.get("path"), str) and value["path"] and images_dir is not None:
+            try:
+                return (images_dir / value["path"]).read_bytes()
+            except (OSError, ValueError):
+                pass  # not there: refused below
         raise NuwaError(f"{where}: the image cell has no bytes" + (f" and {value['path']} is not under --images" if value.get("path") else ""))
     if isinstance(value, (bytes, bytearray)) and value:
         return bytes(value)
     raise NuwaError(f"{where}: no image (the image cell is {type(value).__name__})")
 
-
-def decode(data: bytes, where: str):
-    """Decode one embedded image, with the same size limit and one-line errors as image files."""
-    from nuwa_export.image import decode_image
-
-    return decode_image(io.BytesIO(data), where)

@@ -12,14 +12,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from nuwa_export import jsonio
 from nuwa_export.errors import NuwaError
 
 
 def _parse(line: str, where: str, size: int | None) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise NuwaError(f"{where}: not JSON ({e.msg})") from None
+    rec = jsonio.loads(line, where)  # every way a line can be broken (nesting, huge numbers) is one line
     if not isinstance(rec, dict) or type(rec.get("index")) is not int or not isinstance(rec.get("answer"), str):
         raise NuwaError(f'{where}: expected {{"index": INT, "answer": TEXT}}, got {line.strip()[:80]}')
     if rec["index"] < 0 or (size is not None and rec["index"] >= size):
@@ -28,24 +26,28 @@ def _parse(line: str, where: str, size: int | None) -> dict:
 
 
 def read_predictions(path: Path, size: int | None = None, *, repair: bool = False) -> dict[int, dict]:
-    """Index → record. ``repair``: cut a torn last line (no newline) off the file instead of refusing it."""
+    """Index → record. ``repair`` (our own files): a torn last line (no newline, cut by a kill) is
+    skipped and a repeated index keeps its first answer; the file itself is not changed
+    (:class:`Appender` cuts the torn line before it appends)."""
     path = Path(path)
-    if not path.is_file():
-        if repair:
-            return {}
-        raise NuwaError(f"predictions file not found: {path}")
-    raw = path.read_bytes()
-    end = len(raw)
+    try:
+        if not path.is_file():
+            if repair:
+                return {}
+            raise NuwaError(f"predictions file not found: {path}")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise NuwaError(f"cannot read {path} ({e.strerror or type(e).__name__})") from None
     if repair and raw and not raw.endswith(b"\n"):
-        end = raw.rfind(b"\n") + 1  # a line torn by an interruption: drop it
-        with open(path, "r+b") as f:
-            f.truncate(end)
+        raw = raw[: raw.rfind(b"\n") + 1]
     out: dict[int, dict] = {}
     seen: dict[int, int] = {}
-    for k, line in enumerate(raw[:end].decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
+    # lines end at "\n" only: answers are written unescaped and may hold U+2028 and the like
+    for k, line in enumerate(raw.split(b"\n"), 1):
+        text = line.decode("utf-8", errors="replace")
+        if not text.strip():
             continue
-        rec = _parse(line, f"{path} line {k}", size)
+        rec = _parse(text, f"{path} line {k}", size)
         if rec["index"] in seen:
             if repair:  # our own file: the first answer stands
                 continue
@@ -55,10 +57,19 @@ def read_predictions(path: Path, size: int | None = None, *, repair: bool = Fals
     return out
 
 
+def line_of(record: dict) -> bytes:
+    """One prediction line, UTF-8, newline-terminated."""
+    try:
+        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate in an answer: written escaped, as JSON allows
+        return (json.dumps(record) + "\n").encode("ascii")
+
+
 class Appender:
     """Appends prediction lines to ``path``, each flushed and synced before the next sample.
 
-    It holds an exclusive lock on the file, so two runs never append to one file together.
+    It holds an exclusive lock on the file, so two runs never append to one file together, and
+    first cuts off a last line torn by a kill, so the next line starts on a line of its own.
     """
 
     def __init__(self, path: Path) -> None:
@@ -67,7 +78,7 @@ class Appender:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
+            self._f = open(self.path, "ab")
         except OSError as e:
             raise NuwaError(f"cannot write {self.path} ({e.strerror or e})") from None
         try:
@@ -75,9 +86,32 @@ class Appender:
         except OSError:
             self._f.close()
             raise NuwaError(f"another nuwa-eval is writing {self.path}; wait for it, or give another --out") from None
+        try:
+            self._cut_torn_line()
+        except OSError as e:
+            self._f.close()
+            raise NuwaError(f"cannot write {self.path} ({e.strerror or e})") from None
+
+    def _cut_torn_line(self) -> None:
+        size = os.fstat(self._f.fileno()).st_size
+        end, pos = 0, size
+        with open(self.path, "rb") as f:
+            while pos > 0:
+                start = max(0, pos - (1 << 16))
+                f.seek(start)
+                chunk = f.read(pos - start)
+                if pos == size and chunk.endswith(b"\n"):
+                    return  # whole lines only
+                k = chunk.rfind(b"\n")
+                if k >= 0:
+                    end = start + k + 1
+                    break
+                pos = start
+        if end < size:
+            os.ftruncate(self._f.fileno(), end)
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.write(line_of(record))
         self._f.flush()
         os.fsync(self._f.fileno())
 

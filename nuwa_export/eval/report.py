@@ -17,12 +17,15 @@ SUMMARY_FILES = ("summary.json", "summary.md", "iou_hist.png", "samples.png", "a
 GRID = 8  # sample images drawn
 
 
-def progress_bar():
+def progress_bar(enabled: bool = True):
+    """A bar per run on stderr, drawn only on an interactive terminal (``enabled`` and rich
+    agreeing: not ``TERM=dumb``); elsewhere it shows nothing at all."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(file=sys.stderr)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    return Progress(*columns, console=Console(file=sys.stderr))
+    return Progress(*columns, console=console, disable=not (enabled and console.is_interactive))
 
 
 #: metric key → column header (metrics are shown in %)
@@ -98,12 +101,13 @@ def print_score(result: dict) -> None:
 
 
 def write_summary(out: Path, summary: dict) -> None:
+    """``summary.md``, then ``summary.json`` last: it is what marks the run complete."""
     from rich.console import Console
 
-    records.write_json(out / "summary.json", summary)
     buf = io.StringIO()
     Console(file=buf, width=120, color_system=None).print(_table(summary))
     records.write_atomic(out / "summary.md", f"# {_title(summary)}\n\n```\n{buf.getvalue()}```\n")
+    records.write_json(out / "summary.json", summary)
 
 
 def _save(fig, path: Path) -> str:

@@ -7,6 +7,7 @@ after an interruption, the cached baseline and the retention report, not accurac
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -99,11 +100,18 @@ def test_checkpoint_run_resumes_and_reports_retention(capsys, tmp_path, monkeypa
     assert code == 0 and scored["metrics"] == summary["runs"][0]["metrics"]
     assert scored["complete"] is False and scored["n_expected"] == 10 and "PARTIAL: 4 of 10" in err
 
-    # a longer run that is interrupted removes the old summary: it never looks complete
+    # a longer run interrupted before it saved an answer leaves the folder as it was (its summary
+    # still describes the predictions there); once it has saved one, the old summary is gone
     calls.clear()
     calls.stop_at = 1
     code, _, err = _run(capsys, *argv[:-1], "5")
-    assert code == 130, err and not (out / "summary.json").exists() and not (out / "samples.png").exists()
+    assert code == 130, err
+    assert json.loads((out / "summary.json").read_text())["samples"] == 4 and len(_lines(preds)) == 4
+    calls.clear()
+    calls.stop_at = 2  # keep16 answers sample 4, keep28 is interrupted
+    code, _, err = _run(capsys, *argv[:-1], "5")
+    assert code == 130, err
+    assert not (out / "summary.json").exists() and not (out / "samples.png").exists() and len(_lines(preds)) == 5
 
 
 @pytest.mark.slow
@@ -189,7 +197,9 @@ def test_score_table_output(capsys, tmp_path, refcoco_json):
 @pytest.mark.parametrize(
     ("line", "match"),
     [
-        ('{"index": 0, "answer": "x"}\nnot json\n', "p.jsonl line 2: not JSON"),
+        ('{"index": 0, "answer": "x"}\nnot json\n', "p.jsonl line 2 is not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000 + "\n", "p.jsonl line 1 is not valid JSON (nested too deeply)"),
+        ('{"index": 0, "answer": "x", "tokens": ' + "9" * 5000 + "}\n", "p.jsonl line 1 is not valid JSON (a number with too many digits"),
         ('{"index": 0}\n', 'expected {"index": INT, "answer": TEXT}'),
         ('{"index": "0", "answer": "x"}\n', 'expected {"index": INT'),
         ('{"index": 10, "answer": "x"}\n', "index 10 is outside the data (10 samples, 0 to 9)"),
@@ -273,3 +283,186 @@ def test_samples_figure_draws_true_and_predicted_boxes(tmp_path, refcoco_json):
     green = (px[:, 0] < 40) & (px[:, 1] > 200) & (px[:, 2] < 40)
     assert red.sum() > 200 and green.sum() > 200
     assert not list(tmp_path.glob(".*"))
+
+
+# --- bad input is one line, and nothing is written before the first answer is saved -------------
+
+_ENTRY = {"image": "a.png", "normal_caption": "the red thing", "solution": [2, 3, 30, 40], "width": 64, "height": 48}
+
+
+def _tiny_data(tmp_path, entries=None, images=None) -> list:
+    """VLM-R1 JSON with 64x48 PNGs under tmp/imgs; returns the --data/--images flags."""
+    from .conftest import png_bytes
+
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    for name, data in ({"a.png": png_bytes()} | (images or {})).items():
+        (tmp_path / "imgs" / name).write_bytes(data)
+    (tmp_path / "data.json").write_text(json.dumps([_ENTRY] if entries is None else entries))
+    return ["--data", tmp_path / "data.json", "--images", tmp_path / "imgs"]
+
+
+def _bomb() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_out_that_cannot_be_used(capsys, tmp_path, demo_dir):
+    flags = ["refcoco", demo_dir, *_tiny_data(tmp_path), "--no-prune"]
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    cases = [
+        (tmp_path / "f" / "ev", f"--out {tmp_path / 'f' / 'ev'}: {tmp_path / 'f'} is not a directory"),
+        (tmp_path / "f", "exists and is not a directory"),
+        (tmp_path / "link", "is a symbolic link; give the directory itself"),
+        (tmp_path / ("n" * 300), "File name too long"),
+        ("~nosuchuser-nuwa/ev", "cannot expand ~"),
+    ]
+    for out, match in cases:
+        before = sorted(tmp_path.rglob("*"))
+        code, _, err = _run(capsys, *flags, "--out", out)
+        _one_line_error(code, err, match)
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flags", "entries", "images", "match"),
+    [
+        (["--device", "tpu"], None, None, "unknown --device 'tpu' for the ort backend"),
+        (["--backend", "trt"], None, None, "has no engines/; build them first"),
+        ([], [dict(_ENTRY, normal_caption="the <image> thing")], None, "data.json entry 0: the expression 'the <image> thing' contains <image>"),
+        ([], [dict(_ENTRY, width=640, height=480)], None, "is 64x48 but its annotation says 640x480: wrong --images?"),
+        ([], [dict(_ENTRY, width=30000, height=30000)], {"a.png": _bomb()}, "is 30000x30000 pixels, more than the 144 megapixels accepted"),
+        ([], None, {"a.png": b"\x89PNG\r\n\x1a\n garbage"}, "cannot read sample 0"),
+        ([], [dict(_ENTRY, solution=[float("nan"), 2, 30, 40])], None, "entry 0: solution must be [x1, y1, x2, y2] pixels, finite numbers"),
+        ([], [dict(_ENTRY, width=-64, height=-48)], None, "entry 0: width must be a positive whole number of pixels, got -64"),
+        # decoding the pixels of the only sample finds it: still nothing written
+        ([], None, {"a.png": None}, "cannot read sample 0 ("),
+    ],
+)
+def test_errors_before_the_first_answer_leave_nothing(capsys, tmp_path, demo_export, flags, entries, images, match):
+    from .conftest import png_bytes
+
+    if images == {"a.png": None}:
+        images = {"a.png": png_bytes()[:60]}  # a whole header, truncated pixels
+    data = _tiny_data(tmp_path, entries, images)
+    before = sorted(tmp_path.rglob("*"))
+    code, _, err = _run(capsys, "refcoco", demo_export, *data, "--no-baseline", "--max-new-tokens", "2", "--out", tmp_path / "ev", *flags)
+    _one_line_error(code, err, match)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_a_broken_tokenizer_is_found_before_anything_is_written(capsys, tmp_path, demo_dir):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(demo_dir, ckpt)
+    (ckpt / "tokenizer.json").write_text("garbage")
+    data = _tiny_data(tmp_path)
+    code, _, err = _run(capsys, "refcoco", ckpt, *data, "--no-baseline", "--max-new-tokens", "2", "--out", tmp_path / "ev")
+    _one_line_error(code, err, "cannot load the tokenizer")
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.slow
+def test_a_parquet_image_that_is_not_an_image(capsys, tmp_path, demo_export):
+    from .conftest import png_bytes
+
+    rows = [{"question_id": f"q{i}", "image": {"bytes": png_bytes() if i else b"not an image at all", "path": "a.png"},
+             "answer": ["the red thing"], "bbox": [2.0, 3.0, 20.0, 20.0]} for i in range(2)]
+    data = write_parquet(tmp_path / "d.parquet", rows)
+    code, _, err = _run(capsys, "refcoco", demo_export, "--data", data, "--no-baseline", "--out", tmp_path / "ev")
+    _one_line_error(code, err, "cannot read sample 0 (d.parquet row 0) as an image (not a format Pillow knows)")
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.slow
+def test_a_broken_image_mid_run(capsys, tmp_path, calls, demo_export):
+    """Sample 2's pixels are broken (its header is fine): found when it runs. The answers saved
+    so far stay for a rerun; the error is the last line; there is no summary."""
+    from .conftest import png_bytes
+
+    entries = [_ENTRY, _ENTRY, dict(_ENTRY, image="b.png"), _ENTRY]
+    data = _tiny_data(tmp_path, entries, {"b.png": png_bytes()[:60]})
+    argv = ["refcoco", demo_export, *data, "--no-baseline", "--max-new-tokens", "2", "--out", tmp_path / "ev"]
+    code, stdout, err = _run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 1 and stdout == "" and "Traceback" not in err, err
+    assert lines[-1].startswith("nuwa-eval: error: cannot read sample 2 (") and "b.png) as an image" in lines[-1], err
+    assert all(ln.startswith("nuwa-eval: ") for ln in lines), err  # no progress bar left behind
+    preds = tmp_path / "ev" / "predictions" / "keep28.jsonl"
+    assert [r["index"] for r in _lines(preds)] == [0, 1] and (tmp_path / "ev" / "run.json").is_file()
+    assert not (tmp_path / "ev" / "summary.json").exists() and not (tmp_path / "ev" / "summary.md").exists()
+
+    (tmp_path / "imgs" / "b.png").write_bytes(png_bytes())
+    calls.clear()
+    code, _, err = _run(capsys, *argv, "--json")
+    assert code == 0, err
+    assert len(calls) == 2 and [r["index"] for r in _lines(preds)] == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["complete"]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _on_a_terminal(argv: list, tmp_path) -> tuple[int, bytes, list[str]]:
+    """Run nuwa-eval with stderr on a pseudo-terminal; its exit code and stderr's lines, the
+    escape sequences that draw and erase the bars removed."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    code = "import sys; from nuwa_export.cli import eval_main; sys.exit(eval_main(sys.argv[1:]))"
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.PIPE, stderr=slave, env=env, cwd=tmp_path)
+    os.close(slave)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other end closed
+            break
+        if not chunk:
+            break
+        raw += chunk
+    os.close(master)
+    proc.communicate(timeout=120)
+    text = _ANSI.sub("", raw.decode("utf-8", errors="replace")).replace("\r\n", "\n")
+    return proc.returncode, raw, [ln.split("\r")[-1] for ln in text.split("\n") if ln.split("\r")[-1].strip()]
+
+
+@pytest.mark.slow
+def test_on_a_terminal_the_bars_go_and_the_error_is_last(tmp_path, demo_export):
+    from .conftest import png_bytes
+
+    data = _tiny_data(tmp_path, [_ENTRY] * 3 + [dict(_ENTRY, image="b.png")], {"b.png": png_bytes()[:60]})
+    argv = ["refcoco", demo_export, *data, "--no-baseline", "--max-new-tokens", "2", "--out", tmp_path / "ev"]
+    code, raw, lines = _on_a_terminal(argv, tmp_path)
+    assert code == 1 and b"Traceback" not in raw, raw
+    assert b"keep28" in raw and b"\x1b[" in raw  # the bar was drawn (and erased) on the terminal
+    assert lines[-1].startswith("nuwa-eval: error: cannot read sample 3 ("), lines
+
+
+@pytest.mark.slow
+def test_a_failed_run_keeps_the_previous_complete_state(capsys, tmp_path, demo_dir):
+    """--force over other settings discards nothing until the new run saves its first answer."""
+    from .conftest import png_bytes
+
+    data = _tiny_data(tmp_path, [_ENTRY, dict(_ENTRY, image="b.png")], {"b.png": png_bytes()})
+    out = tmp_path / "ev"
+    argv = ["refcoco", demo_dir, *data, "--no-prune", "--max-new-tokens", "2", "--out", out, "--json"]
+    code, _, err = _run(capsys, *argv)
+    assert code == 0, err
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "imgs" / "a.png").write_bytes(png_bytes()[:60])  # the data changed: other settings
+    code, _, err = _run(capsys, *argv[:-1], "--max-new-tokens", "3", "--force")
+    _one_line_error(code, err, "cannot read sample 0 (")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
