@@ -127,12 +127,12 @@ def make_inputs(case: Case, dtype: str, seed: int):
 def reference(case: Case, features, sim, indices, scores) -> np.ndarray:
     import torch
 
-    from nuwa_export.export.ops import swarm_aggregate
+    from nuwa_export.pruning.stage_one import swarm_weights  # the body of the exported op (export/ops.py)
 
-    out = swarm_aggregate(torch.from_numpy(features), torch.from_numpy(sim),
-                          torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(scores),
-                          list(case.grid), case.distance, case.percentile)
-    return out.numpy()
+    f = torch.from_numpy(features)
+    weights = swarm_weights(torch.from_numpy(sim), torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(scores),
+                            tuple(case.grid), case.distance, case.percentile)
+    return (weights @ f.float()).to(f.dtype).numpy()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ import shutil
 import pytest
 
 pytestmark = pytest.mark.gpu
+# before any fixture runs: without TensorRT there is nothing to export for
+pytest.importorskip("tensorrt", reason="full TensorRT (tensorrt) is not installed: the TensorRT backend cannot run here")
 
 
 def _gpu_trt():
