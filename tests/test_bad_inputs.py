@@ -239,7 +239,7 @@ CHECKPOINTS = {
     "truncated-safetensors": "model.safetensors is not a valid safetensors file",
     "no-tokenizer": "has no tokenizer",
     "garbage-tokenizer": "cannot load the tokenizer",
-    "garbage-preprocessor": "preprocessor_config.json: JSONDecodeError",
+    "garbage-preprocessor": "preprocessor_config.json is not valid JSON (Expecting property name",
     "preprocessor-bad-mean": "preprocessor_config.json",
     "invalid-config": "cannot read",
     "missing-tensor": "do not fit its config.json",
