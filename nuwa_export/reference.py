@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from nuwa_export.errors import NuwaError
-from nuwa_export.generation import Clock, GenerationResult, decode_loop
+from nuwa_export import generation
+from nuwa_export.generation import Clock, GenerationResult, Layout
 from nuwa_export.image import load_image, preprocess
 from nuwa_export.models.llava import KVCache
 from nuwa_export.models.loader import LoadedModel
-from nuwa_export.prompt import Prompt, build_prompt, check_context
-from nuwa_export.pruning import Budgets, decode_position, pillar_mask, position_ids, stage_one, stage_two
+from nuwa_export.prompt import Prompt
+from nuwa_export.pruning import Budgets, pillar_mask, stage_one
 from nuwa_export.sampling import SamplingConfig
 
 
@@ -96,33 +97,14 @@ class Reference:
         clock.lap("projector")
         return VisionOutput(tokens, indices, pillars)
 
-    @torch.inference_mode()
     def prefill(self, vision: VisionOutput, prompt: Prompt, clock: Clock | None = None) -> PrefillOutput:
         """Run the prompt through the LLM with stage two before layer ``L`` (batch 1)."""
-        clock = clock or self._clock()
-        p, b = self.parts, self.budgets
-        dev = p.device
-        before = torch.tensor([prompt.before], device=dev)
-        after = torch.tensor([prompt.after], device=dev)
-        hidden = torch.cat([p.embed(before), vision.tokens.to(p.dtype), p.embed(after)], dim=1)
-        nb, nc, k1 = len(prompt.before), len(prompt.after), vision.tokens.shape[1]
-        pos = position_ids(nb, vision.indices, nc, b.num_patches)
-        cache = KVCache()
-        kept = None
-        layer_input = p.run_layers(hidden, pos, cache, 0, b.layer - 1)
-        split = p.run_layers(layer_input, pos, cache, b.layer - 1, b.layer)
-        clock.lap("prefix")
-        scores = p.last_token_attention(b.layer - 1, layer_input, pos, cache)[:, nb : nb + k1]
-        hidden = split
-        if b.prune:
-            kept = stage_two(scores, b.k2)
-            rows = torch.cat([torch.arange(nb, device=dev), nb + kept[0], nb + k1 + torch.arange(nc, device=dev)])
-            hidden, pos = hidden[:, rows], pos[:, rows]
-        clock.lap("stage_two")
-        hidden = p.run_layers(hidden, pos, cache, b.layer, b.num_layers)
-        logits = p.logits(hidden[:, -1:])
-        clock.lap("suffix")
-        return PrefillOutput(logits, cache, kept, decode_position(nb, nc, b.num_patches, 0), split, scores)
+        pre = generation.prefill(self.stages(), Layout(prompt, self.budgets.num_patches), vision.tokens, vision.indices, clock or self._clock())
+        cache = KVCache()  # the two groups hold disjoint layers: one cache for decode_step
+        for group in (pre.kv.prefix, pre.kv.suffix):
+            cache.keys.update(group.keys)
+            cache.values.update(group.values)
+        return PrefillOutput(pre.logits, cache, pre.stage_two, pre.layout.decode_position(0), pre.split_hidden, pre.stage_two_scores)
 
     @torch.inference_mode()
     def decode_step(self, token: int, position: int, cache: KVCache) -> torch.Tensor:
@@ -139,34 +121,38 @@ class Reference:
         prompt: str,
         sampling: SamplingConfig | None = None,
         on_token: Callable[[int], None] | None = None,
+        trace: dict | None = None,
     ) -> GenerationResult:
-        """Answer ``prompt`` about ``image`` (a path or PIL image)."""
-        sampling = sampling or SamplingConfig()
-        tok = self.loaded.tokenizer
-        prompt_ids = build_prompt(tok, prompt, self.loaded.image_token_id)
-        check_context(prompt_ids, self.budgets.num_patches, sampling.max_new_tokens, self.parts.config.text_config.max_position_embeddings)
-        clock = self._clock()
-        pixels = self.pixel_values(image)
-        clock.lap("preprocess")
-        vision = self.vision(pixels, clock)
-        pre = self.prefill(vision, prompt_ids, clock)
-        clock.first_token()
-        step = lambda token, i: self.decode_step(token, pre.next_position + i, pre.cache)
-        generated = decode_loop(pre.logits, step, sampling, self.eos_ids(), on_token)
-        clock.finish(len(generated))
-        s1 = vision.indices[0].tolist()
-        s2 = None if pre.stage_two is None else vision.indices[0, pre.stage_two[0]].tolist()
-        return GenerationResult(
-            prompt=prompt_ids,
-            generated_ids=generated,
-            text=tok.decode(generated, skip_special_tokens=True).strip(),
-            stage_one_indices=s1,
-            stage_two_indices=s2,
-            budgets=self.budgets,
-            timings_ms=clock.ms,
-            kv_cache_bytes=pre.cache.nbytes(),
-            backend="torch",
-        )
+        """Answer ``prompt`` about ``image`` (a path or PIL image). ``trace`` collects intermediates
+        (torch tensors; see :func:`nuwa_export.generation.generate`)."""
+        return generation.generate(self.stages(), image, prompt, sampling, on_token, trace)
+
+    # ---- what every runner offers (run.py, profile.py, eval) ----------------------------------
+    def stages(self) -> TorchStages:
+        return TorchStages(self)
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def image_config(self):
+        return self.loaded.image_config
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.parts.grid)
+
+    def stage_one_pillars(self, image, stage_one_indices: list[int]) -> list[bool] | None:
+        """Which stage-one anchors are pillars (stage one run again, deterministically), or None
+        when pruning is off or the indices are not this model's."""
+        vision = self.vision(self.pixel_values(image))
+        if vision.pillars is not None and vision.indices[0].tolist() == stage_one_indices:
+            return vision.pillars[0].tolist()
+        return None
+
+    def close(self) -> None:
+        """Nothing to release (the model is freed with the object)."""
 
     def _clock(self) -> Clock:
         return Clock(torch.cuda.synchronize if self.parts.device.type == "cuda" else None)
@@ -176,3 +162,55 @@ class Reference:
         if eos is None:
             eos = self.loaded.tokenizer.eos_token_id
         return set(eos) if isinstance(eos, (list, tuple)) else ({int(eos)} if eos is not None else set())
+
+
+class TorchStages:
+    """:class:`~nuwa_export.generation.Stages` over a loaded model: each KV group is a
+    :class:`KVCache` holding its own layers."""
+
+    name = "torch"
+
+    def __init__(self, reference: Reference) -> None:
+        self.reference = reference
+        self.parts = reference.parts
+        self.tokenizer = reference.loaded.tokenizer
+        self.image_config = reference.loaded.image_config
+        self.budgets = reference.budgets
+        self.image_token_id = reference.loaded.image_token_id
+        self.max_positions = self.parts.config.text_config.max_position_embeddings
+        self.eos_token_ids = reference.eos_ids()
+
+    def clock(self) -> Clock:
+        return self.reference._clock()
+
+    def check_prompt(self, prompt: Prompt) -> None:
+        pass
+
+    def vision(self, pixel_values, clock: Clock | None = None):
+        px = torch.from_numpy(pixel_values).to(self.parts.device, self.parts.vision_dtype)
+        out = self.reference.vision(px, clock)
+        return out.tokens, out.indices
+
+    def embed(self, ids) -> torch.Tensor:
+        return self.parts.embed(torch.tensor([list(ids)], dtype=torch.long, device=self.parts.device))
+
+    def empty_past(self, start: int, end: int) -> KVCache:
+        return KVCache()
+
+    def past_bytes(self, past: KVCache) -> int:
+        return past.nbytes()
+
+    @torch.inference_mode()
+    def prefix(self, embeds, positions, vision_start, past: KVCache):
+        p, b = self.parts, self.budgets
+        if past.length(0):  # a decode step: no stage-two scores needed
+            return p.run_layers(embeds, positions, past, 0, b.layer), past, None
+        layer_input = p.run_layers(embeds, positions, past, 0, b.layer - 1)
+        split = p.run_layers(layer_input, positions, past, b.layer - 1, b.layer)
+        scores = p.last_token_attention(b.layer - 1, layer_input, positions, past)[:, vision_start : vision_start + b.k1]
+        return split, past, scores
+
+    @torch.inference_mode()
+    def suffix(self, hidden, positions, past: KVCache):
+        p = self.parts
+        return p.logits(p.run_layers(hidden, positions, past, self.budgets.layer, self.budgets.num_layers)[:, -1:]), past

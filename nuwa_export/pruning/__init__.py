@@ -11,7 +11,7 @@ from nuwa_export.pruning.stage_one import (
     stage_one,
     swarm_weights,
 )
-from nuwa_export.pruning.stage_two import stage_two
+from nuwa_export.pruning.stage_two import stage_two, stage_two_rows
 
 __all__ = [
     "Budgets",
@@ -27,5 +27,6 @@ __all__ = [
     "separation",
     "stage_one",
     "stage_two",
+    "stage_two_rows",
     "swarm_weights",
 ]

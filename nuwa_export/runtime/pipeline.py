@@ -1,8 +1,5 @@
-"""Answer questions from an export directory: preprocess → vision → prefix → stage two → suffix → decode.
-
-Two KV groups: the prefix graph's layers keep ``b + K1 + c`` prompt entries, the suffix's
-``b + K2 + c``; every decode step runs both graphs with their own past lengths.
-"""
+"""Answer questions from an export directory: the generation core (nuwa_export.generation) over
+the three graphs of one backend (:class:`EngineStages`)."""
 
 from __future__ import annotations
 
@@ -14,10 +11,10 @@ import torch
 
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
-from nuwa_export.generation import Clock, GenerationResult, decode_loop
-from nuwa_export.image import ImageConfig, load_image, preprocess
-from nuwa_export.prompt import build_prompt, check_context
-from nuwa_export.pruning import Budgets, decode_position, position_ids, stage_two
+from nuwa_export import generation
+from nuwa_export.generation import Clock, GenerationResult
+from nuwa_export.image import ImageConfig
+from nuwa_export.pruning import Budgets
 from nuwa_export.runtime.backend import Backend, make_backend
 from nuwa_export.sampling import SamplingConfig
 
@@ -67,6 +64,21 @@ class Pipeline:
         shape = (1, llm.num_kv_heads, 0, llm.head_dim)
         return [np.zeros(shape, self.embeddings.dtype) for _ in layers for _ in range(2)]
 
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.directory / TOKENIZER_DIR
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.manifest.grid)
+
+    def stage_one_pillars(self, image, stage_one_indices: list[int]) -> None:
+        """The graphs return indices only: pillars and collectors are not told apart."""
+        return None
+
+    def stages(self) -> EngineStages:
+        return EngineStages(self)
+
     def generate(
         self,
         image,
@@ -75,60 +87,58 @@ class Pipeline:
         on_token: Callable[[int], None] | None = None,
         trace: dict | None = None,
     ) -> GenerationResult:
-        """Answer ``prompt`` about ``image`` (path or PIL image). ``trace`` collects intermediates."""
-        sampling = sampling or SamplingConfig()
-        llm, b = self.manifest.llm, self.budgets
-        prompt_ids = build_prompt(self.tokenizer, prompt, llm.image_token_id)
-        nb, nc = len(prompt_ids.before), len(prompt_ids.after)
-        if max(prompt_ids.before + prompt_ids.after, default=0) >= llm.vocab_size:
-            raise NuwaError(f"the tokenizer in {self.directory / TOKENIZER_DIR} makes token ids beyond llm.vocab_size {llm.vocab_size}; re-run nuwa-export")
-        check_context(prompt_ids, b.num_patches, sampling.max_new_tokens, llm.max_positions)
-        clock = Clock()
-        if not hasattr(image, "size"):
-            image = load_image(image)
-        pixels = preprocess(image, self.image_config)[None]
-        clock.lap("preprocess")
-        tokens, indices = self.backend.vision(pixels)
-        clock.lap("vision")
-        embed = self.embeddings
-        hidden = np.concatenate([embed[list(prompt_ids.before)][None], tokens.astype(embed.dtype), embed[list(prompt_ids.after)][None]], axis=1)
-        pos = position_ids(nb, torch.from_numpy(indices), nc, b.num_patches).numpy()
-        layer, n = b.layer, b.num_layers
-        split, past1, scores = self.backend.prefix(hidden, pos, nb, self._empty_past(range(layer)))
-        clock.lap("prefix")
-        kept = None
-        hidden, pos2 = split, pos
-        if b.prune:
-            kept = stage_two(torch.from_numpy(np.ascontiguousarray(scores)), b.k2).numpy()
-            rows = np.concatenate([np.arange(nb), nb + kept[0], nb + tokens.shape[1] + np.arange(nc)])
-            hidden, pos2 = split[:, rows], pos[:, rows]
-        clock.lap("stage_two")
-        logits, past2 = self.backend.suffix(np.ascontiguousarray(hidden), np.ascontiguousarray(pos2), self._empty_past(range(layer, n)))
-        clock.lap("suffix")
-        clock.first_token()
+        """Answer ``prompt`` about ``image`` (path or PIL image). ``trace`` collects intermediates
+        (NumPy arrays, as the graphs return them)."""
+        result = generation.generate(self.stages(), image, prompt, sampling, on_token, trace)
         if trace is not None:
-            trace.update(vision_tokens=tokens, patch_indices=indices, split_hidden=split, stage_two_scores=scores, stage_two=kept, first_logits=logits)
-        next_pos = decode_position(nb, nc, b.num_patches, 0)
-        kv = {"prefix": past1, "suffix": past2}
+            trace.update({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in trace.items()})
+        return result
 
-        def step(token: int, i: int):
-            e = embed[[token]][None]
-            p = np.array([[next_pos + i]], np.int64)
-            h, kv["prefix"], _ = self.backend.prefix(e, p, nb, kv["prefix"])
-            out, kv["suffix"] = self.backend.suffix(h, p, kv["suffix"])
-            return out
 
-        generated = decode_loop(logits, step, sampling, set(llm.eos_token_ids), on_token)
-        clock.finish(len(generated))
-        s1 = indices[0].tolist()
-        return GenerationResult(
-            prompt=prompt_ids,
-            generated_ids=generated,
-            text=self.tokenizer.decode(generated, skip_special_tokens=True).strip(),
-            stage_one_indices=s1,
-            stage_two_indices=None if kept is None else [s1[i] for i in kept[0].tolist()],
-            budgets=b,
-            timings_ms=clock.ms,
-            kv_cache_bytes=int(sum(a.nbytes for a in kv["prefix"] + kv["suffix"])),
-            backend=self.backend.name,
-        )
+class EngineStages:
+    """:class:`~nuwa_export.generation.Stages` over an export's graphs (NumPy in and out of the
+    backend; CPU torch tensors, sharing memory, on the core's side)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.backend = pipeline.backend
+        llm = pipeline.manifest.llm
+        self.name = self.backend.name
+        self.tokenizer = pipeline.tokenizer
+        self.image_config = pipeline.image_config
+        self.budgets = pipeline.budgets
+        self.image_token_id = llm.image_token_id
+        self.max_positions = llm.max_positions
+        self.eos_token_ids = set(llm.eos_token_ids)
+        self.vocab_size = llm.vocab_size
+
+    def clock(self) -> Clock:
+        return Clock()
+
+    def check_prompt(self, prompt) -> None:
+        if max(prompt.before + prompt.after, default=0) >= self.vocab_size:
+            raise NuwaError(f"the tokenizer in {self.pipeline.tokenizer_dir} makes token ids beyond llm.vocab_size {self.vocab_size}; re-run nuwa-export")
+
+    def vision(self, pixel_values: np.ndarray, clock: Clock | None = None):
+        tokens, indices = self.backend.vision(pixel_values)
+        return torch.from_numpy(tokens), torch.from_numpy(indices)
+
+    def embed(self, ids) -> torch.Tensor:
+        return torch.from_numpy(self.pipeline.embeddings[list(ids)][None])
+
+    def empty_past(self, start: int, end: int) -> list[np.ndarray]:
+        return self.pipeline._empty_past(range(start, end))
+
+    def past_bytes(self, past: list[np.ndarray]) -> int:
+        return int(sum(a.nbytes for a in past))
+
+    def prefix(self, embeds, positions, vision_start, past):
+        hidden, present, scores = self.backend.prefix(_host(embeds), _host(positions), vision_start, past)
+        return torch.from_numpy(hidden), present, torch.from_numpy(np.ascontiguousarray(scores))
+
+    def suffix(self, hidden, positions, past):
+        return self.backend.suffix(_host(hidden), _host(positions), past)
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.numpy())

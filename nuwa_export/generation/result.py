@@ -1,4 +1,4 @@
-"""What every backend shares: the decode loop, per-stage timings and the result record."""
+"""What every runner returns: the result record and per-stage timings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from nuwa_export.prompt import Prompt
 from nuwa_export.pruning import Budgets
-from nuwa_export.sampling import SamplingConfig, TokenPicker
 
 
 @dataclass
@@ -61,26 +60,3 @@ class Clock:
         self.ms["decode_per_token"] = self.ms["decode"] / max(1, generated - 1)
         self.ms["total"] = self.ms["time_to_first_token"] + self.ms["decode"]
 
-
-def decode_loop(
-    first_logits,
-    step: Callable[[int, int], object],
-    sampling: SamplingConfig,
-    eos: set[int],
-    on_token: Callable[[int], None] | None = None,
-) -> list[int]:
-    """Pick tokens until EOS or ``max_new_tokens``; ``step(token, i)`` returns the next logits.
-
-    ``logits`` are anything :class:`TokenPicker` accepts as ``[V]`` (row 0 of ``[1, V]``).
-    """
-    pick = TokenPicker(sampling)
-    generated: list[int] = []
-    logits = first_logits
-    while True:
-        token = pick(logits[0])
-        generated.append(token)
-        if on_token:
-            on_token(token)
-        if (sampling.stop_at_eos and token in eos) or len(generated) == sampling.max_new_tokens:
-            return generated
-        logits = step(token, len(generated) - 1)

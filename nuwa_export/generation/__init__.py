@@ -1,0 +1,31 @@
+"""One generation core for every runner (docs/architecture.md, "Runtime").
+
+The engine pipeline (ONNX Runtime / TensorRT) and the PyTorch reference each implement the small
+:class:`Stages` interface; prompt layout, stage-two row selection (``pruning.stage_two_rows``),
+the two KV groups, the decode loop and sampling live here, once.
+"""
+
+from nuwa_export.generation.core import KVGroups, Prefill, generate, prefill, prompt_embeds, replay, run_prefix, run_suffix, select, step
+from nuwa_export.generation.layout import Layout, layout_for
+from nuwa_export.generation.loop import decode_loop
+from nuwa_export.generation.result import Clock, GenerationResult
+from nuwa_export.generation.stages import Stages
+
+__all__ = [
+    "Clock",
+    "GenerationResult",
+    "KVGroups",
+    "Layout",
+    "Prefill",
+    "Stages",
+    "decode_loop",
+    "generate",
+    "layout_for",
+    "prefill",
+    "prompt_embeds",
+    "replay",
+    "run_prefix",
+    "run_suffix",
+    "select",
+    "step",
+]
