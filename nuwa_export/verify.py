@@ -145,34 +145,20 @@ def near_tie_tokens(stage: str, got: list[int], want: list[int], logits: list[np
 
 
 def record(reference, image, prompt: str, max_new_tokens: int = 20) -> Record:
-    """Run the reference greedily (no EOS stop) on ``image`` / ``prompt`` and keep every stage."""
-    import torch
-
-    from nuwa_export.generation import decode_loop
+    """Run the reference greedily (no EOS stop) on ``image`` / ``prompt`` and keep every stage
+    (through the one generation core, as every backend runs)."""
     from nuwa_export.image import load_image
-    from nuwa_export.prompt import build_prompt, check_context
 
     if not hasattr(image, "size"):
         image = load_image(image)
-    loaded = reference.loaded
-    ids = build_prompt(loaded.tokenizer, prompt, loaded.image_token_id)
-    check_context(ids, reference.budgets.num_patches, max_new_tokens, loaded.model.config.text_config.max_position_embeddings)
+    trace: dict = {}
+    got = reference.generate(image, prompt, SamplingConfig(max_new_tokens=max_new_tokens, stop_at_eos=False), trace=trace)
     numpy = lambda t: t.float().cpu().numpy()  # noqa: E731
-    with torch.inference_mode():
-        vision = reference.vision(reference.pixel_values(image))
-        pre = reference.prefill(vision, ids)
-        logits = [numpy(pre.logits)]
-
-        def step(token: int, i: int):
-            out = reference.decode_step(token, pre.next_position + i, pre.cache)
-            logits.append(numpy(out))
-            return out
-
-        generated = decode_loop(pre.logits, step, SamplingConfig(max_new_tokens=max_new_tokens, stop_at_eos=False), set())
+    kept = trace["stage_two"]
     return Record(
-        image, prompt, list(ids.before), list(ids.after), numpy(vision.tokens), vision.indices.cpu().numpy(),
-        numpy(pre.split_hidden), numpy(pre.stage_two_scores), None if pre.stage_two is None else pre.stage_two.cpu().numpy(),
-        logits[: len(generated)], generated,
+        image, prompt, list(got.prompt.before), list(got.prompt.after), numpy(trace["vision_tokens"]), trace["patch_indices"].cpu().numpy(),
+        numpy(trace["split_hidden"]), numpy(trace["stage_two_scores"]), None if kept is None else kept.cpu().numpy(),
+        [numpy(t) for t in trace["logits"]][: len(got.generated_ids)], got.generated_ids,
     )
 
 
@@ -204,37 +190,30 @@ def check(pipeline, rec: Record, policy: Policy | None = None) -> list[Check]:
 
 
 def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
-    """Each LLM graph on the reference's inputs: prefix on its prompt embedding, suffix on its
-    stage-two rows, decode on its tokens."""
+    """Each LLM graph on the reference's inputs, through the generation core's own steps: prefix on
+    its prompt embedding, suffix on its stage-two rows, decode on its tokens."""
     import torch
 
-    from nuwa_export.pruning import decode_position, position_ids, stage_two
+    from nuwa_export import generation
+    from nuwa_export.prompt import Prompt
+    from nuwa_export.pruning import stage_two_rows
 
-    b, backend, embed = pipeline.budgets, pipeline.backend, pipeline.embeddings
-    nb, nc, k1 = len(rec.before), len(rec.after), rec.vision_tokens.shape[1]
-    hidden = np.concatenate([embed[rec.before][None], rec.vision_tokens.astype(embed.dtype), embed[rec.after][None]], axis=1)
-    pos = position_ids(nb, torch.from_numpy(rec.patch_indices), nc, b.num_patches).numpy()
-    split, past1, scores = backend.prefix(hidden, pos, nb, pipeline._empty_past(range(b.layer)))
+    b, stages, dtype = pipeline.budgets, pipeline.stages(), pipeline.embeddings.dtype
+    layout = generation.Layout(Prompt(tuple(rec.before), tuple(rec.after), pipeline.manifest.llm.image_token_id), b.num_patches)
+    nb, nc, k1 = layout.before, layout.after, rec.vision_tokens.shape[1]
+    split, pos, past1, scores = generation.run_prefix(stages, layout, torch.from_numpy(rec.vision_tokens), torch.from_numpy(rec.patch_indices))
     checks = [
-        _close("hidden at split", split, rec.split_hidden, policy),
-        _close("stage-two scores", scores, rec.stage_two_scores, policy),
+        _close("hidden at split", split.numpy(), rec.split_hidden, policy),
+        _close("stage-two scores", scores.numpy(), rec.stage_two_scores, policy),
     ]
-    rows = np.arange(split.shape[1])
+    rows = torch.arange(split.shape[1])
     if rec.stage_two is not None:
-        kept = stage_two(torch.from_numpy(np.ascontiguousarray(scores, np.float32)), b.k2).numpy()
-        checks.append(near_tie_sets("stage-two indices", kept, rec.stage_two, rec.stage_two_scores, policy))
-        rows = np.concatenate([np.arange(nb), nb + rec.stage_two[0], nb + k1 + np.arange(nc)])
-    logits, past2 = backend.suffix(
-        np.ascontiguousarray(rec.split_hidden[:, rows].astype(embed.dtype)), np.ascontiguousarray(pos[:, rows]),
-        pipeline._empty_past(range(b.layer, b.num_layers)),
-    )
-    got = [logits]
-    start = decode_position(nb, nc, b.num_patches, 0)
-    for i, token in enumerate(rec.generated_ids[:-1]):
-        p = np.array([[start + i]], np.int64)
-        h, past1, _ = backend.prefix(embed[[token]][None], p, nb, past1)
-        out, past2 = backend.suffix(h, p, past2)
-        got.append(out)
+        kept, _ = generation.select(stages, layout, scores, k1)
+        checks.append(near_tie_sets("stage-two indices", kept.numpy(), rec.stage_two, rec.stage_two_scores, policy))
+        rows = stage_two_rows(nb, torch.from_numpy(rec.stage_two), k1, nc)
+    hidden = torch.from_numpy(rec.split_hidden[:, rows.numpy()].astype(dtype))
+    logits, past2 = generation.run_suffix(stages, hidden, pos[:, rows])
+    got = [logits, *generation.replay(stages, layout, generation.KVGroups(past1, past2), rec.generated_ids[:-1])]
     checks.append(_close("first logits", got[0], rec.logits[0], policy))
     if len(got) > 1:
         checks.append(_close(f"decode logits ({len(got) - 1} steps, teacher-forced)", np.concatenate(got[1:]), np.concatenate(rec.logits[1:]), policy))
