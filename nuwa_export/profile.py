@@ -180,8 +180,7 @@ def profile(
                     results.append(result)
                 advance()
     finally:
-        if hasattr(runner, "close"):
-            runner.close()
+        runner.close()
     memory = {"rss_peak_bytes": _rss_peak_bytes(), "cuda_peak_allocated_bytes": None}
     if cuda:
         import torch

@@ -54,7 +54,11 @@ def reference_for_export(directory: Path, manifest: mf.Manifest, device: str = "
 
 
 def build_runner(args: argparse.Namespace):
-    """(runner with ``generate``, image path, model id, backend name); refuses bad flags first."""
+    """(runner, image path, model id, backend name); refuses bad flags first.
+
+    A runner (:class:`~nuwa_export.reference.Reference` or
+    :class:`~nuwa_export.runtime.pipeline.Pipeline`) offers ``generate``, ``tokenizer``,
+    ``image_config``, ``budgets``, ``grid``, ``stage_one_pillars`` and ``close``."""
     from nuwa_export.image import load_image
 
     if is_export_dir(args.model):
@@ -115,12 +119,11 @@ def run(args: argparse.Namespace):
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     prompt = grounding.question(args.ground) if args.ground else args.prompt
     runner, image, model_id, backend = build_runner(args)
-    streamer = _Streamer(runner.tokenizer if hasattr(runner, "tokenizer") else runner.loaded.tokenizer) if args.stream and not args.json else None
+    streamer = _Streamer(runner.tokenizer) if args.stream and not args.json else None
     try:
         result = runner.generate(image, prompt, sampling, on_token=streamer)
     finally:
-        if hasattr(runner, "close"):
-            runner.close()
+        runner.close()
     record = result.to_json()
     if args.ground:
         record.update(_ground(args, image, result.text, runner))
@@ -150,24 +153,17 @@ def show_tokens(path, image, result, runner) -> Path:
     """
     from nuwa_export.overlay import draw_tokens
 
-    pillars = None
-    if hasattr(runner, "loaded"):  # the PyTorch reference
-        cfg, grid = runner.loaded.image_config, tuple(runner.parts.grid)
-        vision = runner.vision(runner.pixel_values(image))
-        if vision.pillars is not None and vision.indices[0].tolist() == result.stage_one_indices:
-            pillars = vision.pillars[0].tolist()
-    else:
-        cfg, grid = runner.image_config, tuple(runner.manifest.grid)
+    pillars = runner.stage_one_pillars(image, result.stage_one_indices)
     b = result.budgets
     return draw_tokens(
-        image, path, grid, cfg, result.stage_one_indices, result.stage_two_indices, pillars, b.layer if b.prune else None
+        image, path, runner.grid, runner.image_config, result.stage_one_indices, result.stage_two_indices, pillars, b.layer if b.prune else None
     )
 
 
 def _ground(args, image, text: str, runner) -> dict:
     from nuwa_export.eval import grounding
 
-    cfg = runner.image_config if hasattr(runner, "image_config") else runner.loaded.image_config
+    cfg = runner.image_config
     box = grounding.parse_box(text)
     out = {"ground": args.ground, "box": list(box) if box else None, "box_pixels": None}
     if box is None:

@@ -52,8 +52,7 @@ def answer(runner, image, prompt: str, sampling) -> dict:
 
 
 def close(runner) -> None:
-    if hasattr(runner, "close"):
-        runner.close()
+    runner.close()
 
 
 def _weights_stamp(path: Path) -> list:
