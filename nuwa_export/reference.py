@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nuwa_export.errors import NuwaError
 from nuwa_export import generation
+from nuwa_export.errors import NuwaError
 from nuwa_export.generation import Clock, GenerationResult, Layout
 from nuwa_export.image import load_image, preprocess
 from nuwa_export.models.llava import KVCache
