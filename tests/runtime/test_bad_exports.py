@@ -97,6 +97,16 @@ def _garbage(n: int):
     return lambda data: np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
 
 
+def _offset_gap(data: bytes) -> bytes:
+    """Valid JSON header, but the tensor's data starts 8 bytes in (a gap safetensors refuses)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    start, end = header["embed_tokens"]["data_offsets"]
+    header["embed_tokens"]["data_offsets"] = [start + 8, end + 8]
+    head = json.dumps(header).encode()
+    return len(head).to_bytes(8, "little") + head + b"\0" * 8 + data[8 + n :]
+
+
 #: name → (how to break a copy of the demo export, what the one line must say)
 BROKEN = {
     "truncated-graph": (_file("vision.onnx", lambda b: b[: len(b) // 2]), "vision.onnx is not a valid ONNX model (it ends too early"),
@@ -106,6 +116,7 @@ BROKEN = {
     "graph-unknown-op": (_graph("llm_prefix.onnx", _unknown_op), "there is no ONNX operator NoSuchOp"),
     "garbage-embeddings": (_file("embeddings.safetensors", _garbage(3000)), "embeddings.safetensors is not a safetensors file"),
     "truncated-embeddings": (_file("embeddings.safetensors", lambda b: b[: len(b) * 2 // 3]), "embeddings.safetensors is truncated"),
+    "embeddings-offset-gap": (_file("embeddings.safetensors", _offset_gap), "embeddings.safetensors is not a safetensors file"),
     "embeddings-shape": (_embeddings((602, 64)), "holds embed_tokens [602, 64], but manifest.json llm.vocab_size and llm.hidden_size say [602, 128]"),
     "embeddings-dtype": (_embeddings((602, 128), np.float16), "holds embed_tokens as F16, but manifest.json llm.dtype is float32"),
     "embeddings-name": (_embeddings((602, 128), key="weight"), "has no embed_tokens tensor"),
