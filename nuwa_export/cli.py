@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from nuwa_export import __version__
+from nuwa_export.constants import DEFAULT_MAX_BATCH
 from nuwa_export.errors import NuwaError
 
 
@@ -136,6 +137,12 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image", type=user_path, help="image file (optional for the demo model: its example picture)")
     p.add_argument("--prompt", help="the question")
+    p.add_argument(
+        "--requests", type=user_path, metavar="FILE.jsonl",
+        help='many questions, one JSON object per line: {"image": PATH, "prompt": TEXT} with optional max_new_tokens, '
+        "temperature, top_p, seed, ground (relative images are read next to FILE); answered in batches",
+    )
+    p.add_argument("--batch-size", type=int, metavar="N", help="with --requests: requests side by side (default: the export's max_batch)")
     p.add_argument("--ground", metavar="PHRASE", help="ask for the box of PHRASE (LLaVA-1.5 grounding) and print it in pixels")
     p.add_argument("--draw", type=user_path, metavar="OUT.png", help="with --ground: save the image with the box drawn")
     p.add_argument(
@@ -259,6 +266,10 @@ def export_parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=["float32", "float16"],
         help="LLM weights, activations and KV cache (default float32; float16 halves the files and the memory "
         "an export needs, e.g. for 7B). The vision graph is float32 either way.",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+        help=f"most requests served side by side (nuwa-run --requests, TensorRT profiles; default {DEFAULT_MAX_BATCH})",
     )
     add_budget_flags(p)
     p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")

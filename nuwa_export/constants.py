@@ -10,5 +10,9 @@ OP_NAME = "SwarmAggregate"
 OP_VERSION = 1
 OP_ATTRIBUTES = ("grid", "distance", "percentile")  # ints [H, W], float, float
 
-#: Version of manifest.json this code writes and reads.
-MANIFEST_SCHEMA_VERSION = 1
+#: Version of manifest.json this code writes and reads. 2: batched LLM graphs (per-row
+#: ``vision_start``, ``pad_lengths``) and ``max_batch``; exports of version 1 must be re-exported.
+MANIFEST_SCHEMA_VERSION = 2
+
+#: Requests an export serves side by side unless ``nuwa-export --max-batch`` says otherwise.
+DEFAULT_MAX_BATCH = 8

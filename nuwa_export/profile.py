@@ -31,7 +31,7 @@ from nuwa_export import __version__
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "transfers"
 #: Stages in the order they run; those a backend does not record are left out.
 STAGES = (
     "preprocess", "vision", "vision_tower", "stage_one", "projector", "prefix", "stage_two", "suffix",
@@ -150,7 +150,7 @@ def profile(
     max_new_tokens: int = 16,
     progress: bool = False,
 ) -> dict:
-    """Profile ``export_dir`` and return the JSON-ready report (``schema_version`` 1)."""
+    """Profile ``export_dir`` and return the JSON-ready report (``schema_version`` 2)."""
     from nuwa_export.image import load_image
     from nuwa_export.run import _checkpoint_dir, pick_image
     from nuwa_export.sampling import SamplingConfig
@@ -165,7 +165,8 @@ def profile(
     picture = load_image(image_path)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_at_eos=False)
     runner = _open(directory, manifest, backend, device, dtype)
-    cuda = backend == "torch" and runner.parts.device.type == "cuda"
+    engine_device = runner.stages().device
+    cuda = backend == "torch" and engine_device.type == "cuda"
     try:
         samples, results = [], []
         with _progress(progress, warmup + runs) as advance:
@@ -208,6 +209,11 @@ def profile(
         "stages_ms": {k: stats([s[k] for s in samples]) for k in STAGES if k in samples[0]},
         "memory": memory,
         "kv_cache": kv_cache(last, manifest),
+        "transfers": {
+            "device": str(engine_device),
+            "what": "bytes copied between host memory and the engine's tensors (on a CPU engine: what a GPU engine would copy)",
+            **last.transfers,
+        },
         "flops": _flops(runner, last) if backend == "torch" else None,
     }
 

@@ -15,7 +15,7 @@ import torch
 
 from nuwa_export import generation
 from nuwa_export.errors import NuwaError
-from nuwa_export.generation import Clock, GenerationResult, Layout
+from nuwa_export.generation import Batch, Clock, GenerationResult, Layout, Request, Transfers
 from nuwa_export.image import load_image, preprocess
 from nuwa_export.models.llava import KVCache
 from nuwa_export.models.loader import LoadedModel
@@ -99,12 +99,13 @@ class Reference:
 
     def prefill(self, vision: VisionOutput, prompt: Prompt, clock: Clock | None = None) -> PrefillOutput:
         """Run the prompt through the LLM with stage two before layer ``L`` (batch 1)."""
-        pre = generation.prefill(self.stages(), Layout(prompt, self.budgets.num_patches), vision.tokens, vision.indices, clock or self._clock())
+        batch = Batch((Layout(prompt, self.budgets.num_patches),))
+        pre = generation.prefill(self.stages(), batch, vision.tokens, vision.indices, clock or self._clock())
         cache = KVCache()  # the two groups hold disjoint layers: one cache for decode_step
         for group in (pre.kv.prefix, pre.kv.suffix):
             cache.keys.update(group.keys)
             cache.values.update(group.values)
-        return PrefillOutput(pre.logits, cache, pre.stage_two, pre.layout.decode_position(0), pre.split_hidden, pre.stage_two_scores)
+        return PrefillOutput(pre.logits, cache, pre.stage_two, batch.rows[0].decode_position(0), pre.split_hidden, pre.stage_two_scores)
 
     @torch.inference_mode()
     def decode_step(self, token: int, position: int, cache: KVCache) -> torch.Tensor:
@@ -126,6 +127,11 @@ class Reference:
         """Answer ``prompt`` about ``image`` (a path or PIL image). ``trace`` collects intermediates
         (torch tensors; see :func:`nuwa_export.generation.generate`)."""
         return generation.generate(self.stages(), image, prompt, sampling, on_token, trace)
+
+    def generate_batch(self, requests: list[Request], batch_size: int | None = None) -> list[GenerationResult]:
+        """Answer ``requests``, ``batch_size`` (default: all) side by side (left-padded, one forward
+        per step for the batch); results in request order, row for row what each gives alone."""
+        return generation.generate_batches(self.stages(), requests, batch_size or max(1, len(requests)))
 
     # ---- what every runner offers (run.py, profile.py, eval) ----------------------------------
     def stages(self) -> TorchStages:
@@ -166,7 +172,7 @@ class Reference:
 
 class TorchStages:
     """:class:`~nuwa_export.generation.Stages` over a loaded model: each KV group is a
-    :class:`KVCache` holding its own layers."""
+    :class:`KVCache` holding its own layers, on the model's device."""
 
     name = "torch"
 
@@ -179,6 +185,8 @@ class TorchStages:
         self.image_token_id = reference.loaded.image_token_id
         self.max_positions = self.parts.config.text_config.max_position_embeddings
         self.eos_token_ids = reference.eos_ids()
+        self.device = self.parts.device
+        self.transfers = Transfers()
 
     def clock(self) -> Clock:
         return self.reference._clock()
@@ -186,31 +194,47 @@ class TorchStages:
     def check_prompt(self, prompt: Prompt) -> None:
         pass
 
+    def to_device(self, arrays) -> list[torch.Tensor]:
+        out = [torch.tensor(a, dtype=torch.long, device=self.device) for a in arrays]
+        self.transfers.host_to_device += sum(t.numel() * 8 for t in out)
+        return out
+
+    def to_host(self, t: torch.Tensor) -> torch.Tensor:
+        self.transfers.device_to_host += t.numel() * t.element_size()
+        return t.cpu()
+
     def vision(self, pixel_values, clock: Clock | None = None):
         px = torch.from_numpy(pixel_values).to(self.parts.device, self.parts.vision_dtype)
         out = self.reference.vision(px, clock)
         return out.tokens, out.indices
 
-    def embed(self, ids) -> torch.Tensor:
-        return self.parts.embed(torch.tensor([list(ids)], dtype=torch.long, device=self.parts.device))
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.parts.embed(ids)
 
-    def empty_past(self, start: int, end: int) -> KVCache:
+    def empty_past(self, start: int, end: int, batch: int) -> KVCache:
         return KVCache()
 
     def past_bytes(self, past: KVCache) -> int:
         return past.nbytes()
 
-    @torch.inference_mode()
-    def prefix(self, embeds, positions, vision_start, past: KVCache):
-        p, b = self.parts, self.budgets
-        if past.length(0):  # a decode step: no stage-two scores needed
-            return p.run_layers(embeds, positions, past, 0, b.layer), past, None
-        layer_input = p.run_layers(embeds, positions, past, 0, b.layer - 1)
-        split = p.run_layers(layer_input, positions, past, b.layer - 1, b.layer)
-        scores = p.last_token_attention(b.layer - 1, layer_input, positions, past)[:, vision_start : vision_start + b.k1]
-        return split, past, scores
+    def take_rows(self, past: KVCache, rows: torch.Tensor) -> KVCache:
+        out = KVCache()
+        out.keys = {i: t.index_select(0, rows) for i, t in past.keys.items()}
+        out.values = {i: t.index_select(0, rows) for i, t in past.values.items()}
+        return out
 
     @torch.inference_mode()
-    def suffix(self, hidden, positions, past: KVCache):
+    def prefix(self, embeds, positions, vision_start, pad, past: KVCache):
+        p, b = self.parts, self.budgets
+        if past.length(0):  # a decode step: no stage-two scores needed
+            return p.run_layers(embeds, positions, past, 0, b.layer, pad), past, None
+        layer_input = p.run_layers(embeds, positions, past, 0, b.layer - 1, pad)
+        split = p.run_layers(layer_input, positions, past, b.layer - 1, b.layer, pad)
+        row = p.last_token_attention(b.layer - 1, layer_input, positions, past, pad)
+        columns = vision_start[:, None] + torch.arange(b.k1, device=row.device)[None, :]
+        return split, past, row.gather(1, columns)
+
+    @torch.inference_mode()
+    def suffix(self, hidden, positions, pad, past: KVCache):
         p = self.parts
-        return p.logits(p.run_layers(hidden, positions, past, self.budgets.layer, self.budgets.num_layers)[:, -1:]), past
+        return p.logits(p.run_layers(hidden, positions, past, self.budgets.layer, self.budgets.num_layers, pad)[:, -1:]), past

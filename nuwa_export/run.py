@@ -1,4 +1,5 @@
-"""``nuwa-run``: one question about one image, from a checkpoint (torch) or an export directory."""
+"""``nuwa-run``: one question about one image, or a file of them (``--requests``, answered in
+batches), from a checkpoint (torch) or an export directory."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def reference_for_export(directory: Path, manifest: mf.Manifest, device: str = "
     return Reference(loaded, budgets_of(manifest), StageOneOptions(b.per_region, b.distance, b.percentile))
 
 
-def build_runner(args: argparse.Namespace):
-    """(runner, image path, model id, backend name); refuses bad flags first.
+def build_runner(args: argparse.Namespace, need_image: bool = True):
+    """(runner, image or None, model id, backend name); refuses bad flags first.
 
     A runner (:class:`~nuwa_export.reference.Reference` or
     :class:`~nuwa_export.runtime.pipeline.Pipeline`) offers ``generate``, ``tokenizer``,
@@ -70,7 +71,7 @@ def build_runner(args: argparse.Namespace):
             raise NuwaError(f"{' '.join(given)}: budgets are fixed when exporting; re-run nuwa-export to change them")
         manifest = mf.read(directory)
         backend = args.backend or "ort"
-        image = load_image(pick_image(args, None if args.image else _checkpoint_dir(manifest.model.id)))
+        image = load_image(pick_image(args, None if args.image else _checkpoint_dir(manifest.model.id))) if need_image else None
         if backend == "torch":
             runner = reference_for_export(directory, manifest, args.device, args.dtype)
         else:
@@ -86,7 +87,7 @@ def build_runner(args: argparse.Namespace):
     if args.backend not in (None, "torch"):
         raise NuwaError(f"--backend {args.backend} runs an export directory; export first: nuwa-export --model {args.model} --out DIR")
     info = inspect_checkpoint(args.model)
-    image = load_image(pick_image(args, info.path))
+    image = load_image(pick_image(args, info.path)) if need_image else None
     budgets = resolve_budgets(
         info.num_patches, info.num_layers, args.keep, args.stage_one_keep, args.stage_two_keep,
         args.stage_two_layer, prune=not args.no_prune,
@@ -100,6 +101,10 @@ def run(args: argparse.Namespace):
     """Run one question and print it (text, or one JSON object with ``--json``)."""
     from nuwa_export.eval import grounding
 
+    if args.requests:
+        return run_requests(args)
+    if args.batch_size is not None:
+        raise NuwaError("--batch-size needs --requests FILE")
     if args.draw and not args.ground:
         raise NuwaError("--draw needs --ground PHRASE")
     if args.draw:
@@ -143,6 +148,81 @@ def run(args: argparse.Namespace):
     if "tokens_drawn" in record:
         print(f"kept tokens drawn: {record['tokens_drawn']}", file=sys.stderr)
     return result
+
+
+#: flags that describe one request; --requests FILE gives each line its own
+SINGLE_REQUEST_FLAGS = ("image", "prompt", "ground", "draw", "show_tokens", "stream")
+
+
+def run_requests(args: argparse.Namespace) -> list:
+    """``--requests FILE``: every line checked first, then answered ``--batch-size`` at a time;
+    with ``--json`` one JSON object per request, in file order."""
+    from nuwa_export.eval import grounding
+    from nuwa_export.generation import Request
+    from nuwa_export.image import load_image
+    from nuwa_export.requests_file import read_requests
+
+    given = [f"--{f.replace('_', '-')}" for f in SINGLE_REQUEST_FLAGS if getattr(args, f, None)]
+    if given:
+        raise NuwaError(f"{given[0]} describes one request; with --requests each line of the file gives its own")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise NuwaError(f"--batch-size must be at least 1, got {args.batch_size}")
+    defaults = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    lines = read_requests(args.requests, defaults)
+    runner, _, model_id, backend = build_runner(args, need_image=False)
+    try:
+        cap = getattr(runner, "max_batch", None)
+        if cap is not None and args.batch_size is not None and args.batch_size > cap:
+            raise NuwaError(f"--batch-size {args.batch_size} is beyond this export's max_batch {cap}; re-export with --max-batch {args.batch_size}")
+        stages = runner.stages()
+        from nuwa_export.generation import layout_for
+
+        for line in lines:  # prompts that do not fit are refused with their line, before any work
+            try:
+                layout_for(stages, line.prompt, line.sampling.max_new_tokens)
+            except NuwaError as e:
+                raise NuwaError(f"{args.requests} line {line.line}: {e}") from None
+        requests = [Request(load_image(line.image), line.prompt, line.sampling) for line in lines]
+        results = runner.generate_batch(requests, args.batch_size or cap or 8)
+    finally:
+        runner.close()
+    for line, request, result in zip(lines, requests, results):
+        record = result.to_json()
+        if line.ground is not None:
+            box = grounding.parse_box(result.text)
+            px = grounding.to_pixels(box, request.image.width, request.image.height, runner.image_config) if box else None
+            record.update(ground=line.ground, box=list(box) if box else None, box_pixels=list(px) if px else None)
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(f"[{line.line}] {result.text}")
+            if line.ground is not None:
+                px = record["box_pixels"]
+                print(f"[{line.line}] box: {', '.join(f'{v:.0f}' for v in px)}" if px else f"[{line.line}] box: none in the answer")
+    if not args.json:
+        print_batch_summary(results, model_id, backend)
+    return results
+
+
+def print_batch_summary(results: list, model_id: str, backend: str) -> None:
+    """Requests, batches and generated tokens per second, on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    batches, seconds, tokens = 0, 0.0, sum(len(r.generated_ids) for r in results)
+    i = 0
+    while i < len(results):  # results of one batch are consecutive and share their timings
+        seconds += results[i].timings_ms.get("total", 0.0) / 1e3
+        i += results[i].batch_size
+        batches += 1
+    table = Table(title=f"nuwa-run --requests · {model_id} · {backend}", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("requests", str(len(results)))
+    table.add_row("batches", str(batches))
+    table.add_row("tokens generated", str(tokens))
+    table.add_row("tokens/s", f"{tokens / seconds:.1f}" if seconds else "-")
+    Console(file=sys.stderr).print(table)
 
 
 def show_tokens(path, image, result, runner) -> Path:

@@ -196,24 +196,26 @@ def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
 
     from nuwa_export import generation
     from nuwa_export.prompt import Prompt
-    from nuwa_export.pruning import stage_two_rows
 
     b, stages, dtype = pipeline.budgets, pipeline.stages(), pipeline.embeddings.dtype
     layout = generation.Layout(Prompt(tuple(rec.before), tuple(rec.after), pipeline.manifest.llm.image_token_id), b.num_patches)
-    nb, nc, k1 = layout.before, layout.after, rec.vision_tokens.shape[1]
-    split, pos, past1, scores = generation.run_prefix(stages, layout, torch.from_numpy(rec.vision_tokens), torch.from_numpy(rec.patch_indices))
+    batch = generation.single(stages, layout)
+    k1 = rec.vision_tokens.shape[1]
+    to = lambda a: torch.from_numpy(a).to(stages.device)  # noqa: E731
+    split, pos, past1, scores, vision_start, pad = generation.run_prefix(stages, batch, to(rec.vision_tokens), to(rec.patch_indices))
     checks = [
-        _close("hidden at split", split.numpy(), rec.split_hidden, policy),
-        _close("stage-two scores", scores.numpy(), rec.stage_two_scores, policy),
+        _close("hidden at split", split.float().cpu().numpy(), rec.split_hidden, policy),
+        _close("stage-two scores", scores.float().cpu().numpy(), rec.stage_two_scores, policy),
     ]
-    rows = torch.arange(split.shape[1])
+    rows = torch.arange(split.shape[1], device=stages.device)[None]
     if rec.stage_two is not None:
-        kept, _ = generation.select(stages, layout, scores, k1)
-        checks.append(near_tie_sets("stage-two indices", kept.numpy(), rec.stage_two, rec.stage_two_scores, policy))
-        rows = stage_two_rows(nb, torch.from_numpy(rec.stage_two), k1, nc)
-    hidden = torch.from_numpy(rec.split_hidden[:, rows.numpy()].astype(dtype))
-    logits, past2 = generation.run_suffix(stages, hidden, pos[:, rows])
-    got = [logits, *generation.replay(stages, layout, generation.KVGroups(past1, past2), rec.generated_ids[:-1])]
+        kept, _ = generation.select(stages, batch, scores, k1)
+        checks.append(near_tie_sets("stage-two indices", kept.cpu().numpy(), rec.stage_two, rec.stage_two_scores, policy))
+        rows = batch.rows_after_stage_two(to(rec.stage_two), k1)
+    hidden = to(rec.split_hidden[:, rows[0].cpu().numpy()]).to(dtype)
+    logits, past2 = generation.run_suffix(stages, hidden, pos.gather(1, rows), pad, 1)
+    live = generation.Live(batch, generation.KVGroups(past1, past2), vision_start, pad)
+    got = [t.float().cpu().numpy() for t in [logits, *generation.replay(stages, live, rec.generated_ids[:-1])]]
     checks.append(_close("first logits", got[0], rec.logits[0], policy))
     if len(got) > 1:
         checks.append(_close(f"decode logits ({len(got) - 1} steps, teacher-forced)", np.concatenate(got[1:]), np.concatenate(rec.logits[1:]), policy))

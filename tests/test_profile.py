@@ -41,8 +41,8 @@ def ort_report(demo_export, tmp_path_factory):
 
 def test_report_schema(ort_report, demo_dir, demo_export):
     report, out, _ = ort_report
-    assert report["schema_version"] == 1
-    assert set(report) == {"schema_version", "machine", "versions", "export", "settings", "generated_tokens", "stages_ms", "memory", "kv_cache", "flops"}
+    assert report["schema_version"] == 2
+    assert set(report) == {"schema_version", "machine", "versions", "export", "settings", "generated_tokens", "stages_ms", "memory", "kv_cache", "flops", "transfers"}
     m = report["machine"]
     assert isinstance(m["cpu"], str) and m["cpu"] and isinstance(m["cores"], int) and m["memory_bytes"] > 0
     assert report["versions"]["nuwa_export"] and "onnxruntime" in report["versions"]
@@ -76,6 +76,12 @@ def test_report_schema(ort_report, demo_dir, demo_export):
     assert kv["suffix_layers"]["bytes"] == (layers - split) * (seq + 7) * per_entry
     assert kv["total_bytes"] == kv["prefix_layers"]["bytes"] + kv["suffix_layers"]["bytes"]  # measured on the caches
     assert kv["unpruned_bytes"] == layers * (seq + 16 * 16) * per_entry and report["flops"] is None
+    # per decode step only the fed-back token id and its position go in (int64 each) and the
+    # last-position logits come out: no KV byte crosses between host and engine
+    t = report["transfers"]
+    vocab = config["text_config"]["vocab_size"]
+    assert t["device"] == "cpu" and t["decode_steps"] == TOKENS - 1
+    assert t["decode_per_step"] == {"host_to_device": 2 * 8, "device_to_host": vocab * 4}
     for word in ("median", "p90", "time_to_first_token", "tokens_per_s", "KV cache"):
         assert word in out
 

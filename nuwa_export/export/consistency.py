@@ -256,11 +256,12 @@ def _expected(m: mf.Manifest) -> dict[str, tuple[list, list]]:
         [("image_tokens", "float32", [None, k1, d]), ("patch_indices", "int64", [None, k1])],
     )
     prefix = (
-        [("inputs_embeds", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("vision_start", "int64", [1]), *kv("past", range(L))],
+        [("inputs_embeds", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("vision_start", "int64", [None]),
+         ("pad_lengths", "int64", [None]), *kv("past", range(L))],
         [("hidden_states", t, [None, None, d]), *kv("present", range(L)), ("stage_two_scores", "float32", [None, k1])],
     )
     suffix = (
-        [("hidden_states", t, [None, None, d]), ("position_ids", "int64", [None, None]), *kv("past", range(L, N))],
+        [("hidden_states", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("pad_lengths", "int64", [None]), *kv("past", range(L, N))],
         [("logits", "float32", [None, (llm.vocab_size, "llm.vocab_size")]), *kv("present", range(L, N))],
     )
     return {"vision": vision, "vision_plugin": vision, "llm_prefix": prefix, "llm_suffix": suffix}
@@ -409,7 +410,7 @@ def _check_profile_dims(m: mf.Manifest, where: str, profile: dict, inputs: dict[
     when it builds that graph, after the graphs before it were built)."""
     limit = m.llm.max_positions
     lowest = {"past": 0}
-    highest = {"seq": (limit, "llm.max_positions"), "past": (limit - 1, "llm.max_positions - 1")}
+    highest = {"seq": (limit, "llm.max_positions"), "past": (limit - 1, "llm.max_positions - 1"), "batch": (m.max_batch, "max_batch")}
     ranges: dict[str, tuple[str, list]] = {}
     for name, shapes in profile.items():
         for axis, dim in enumerate(inputs[name]):

@@ -1,17 +1,20 @@
 """The LLM split at the stage-two layer L, exported with explicit per-layer KV tensors.
 
 ``llm_prefix.onnx`` — decoder layers ``[0, L)``:
-  inputs ``inputs_embeds [B, S, D]``, ``position_ids [B, S]`` int64, ``vision_start [1]`` int64
-  (sequence index of the first vision token in the cache), ``past_key_i`` / ``past_value_i``
-  ``[B, kv_heads, P, head_dim]`` for ``i < L`` (P may be 0);
+  inputs ``inputs_embeds [B, S, D]``, ``position_ids [B, S]`` int64, ``vision_start [B]`` int64
+  (per row, the cache index of its first vision token), ``pad_lengths [B]`` int64 (per row, the
+  left-padding entries at the start of its cache, hidden from every real query),
+  ``past_key_i`` / ``past_value_i`` ``[B, kv_heads, P, head_dim]`` for ``i < L`` (P may be 0);
   outputs ``hidden_states [B, S, D]``, ``present_key_i`` / ``present_value_i`` ``[B, kv, P+S, hd]``,
   and ``stage_two_scores [B, K1]``: the head-mean attention of the last position at layer L-1
   over the K1 cache entries from ``vision_start`` — one extra row, no attention map.
 ``llm_suffix.onnx`` — layers ``[L, N)``, final norm and lm_head:
-  inputs ``hidden_states``, ``position_ids``, ``past_key_i`` / ``past_value_i`` for ``i >= L``;
-  outputs ``logits [B, V]`` of the last position and the present key/values.
+  inputs ``hidden_states``, ``position_ids``, ``pad_lengths``, ``past_key_i`` / ``past_value_i``
+  for ``i >= L``; outputs ``logits [B, V]`` of the last position and the present key/values.
 
-Prefill (P = 0) and decode (S = 1) share each graph. Masks are causal by sequence order.
+Prefill (P = 0) and decode (S = 1) share each graph. Masks are causal by sequence order; a batch
+of prompts of different lengths is left-padded, so every row's last position is the last column
+and one decode step appends one entry to every row.
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ class _Stack(nn.Module):
         self.rotary = parts.lm.rotary_emb
         self.cache_kw = cache_keyword(parts.lm.layers[0])
 
-    def run(self, hidden, position_ids, past, *, keep_input_of: int | None = None):
+    def run(self, hidden, position_ids, pad_lengths, past, *, keep_input_of: int | None = None):
         cache = KVCache()
         for j, i in enumerate(range(self.start, self.end)):
             cache.keys[i], cache.values[i] = past[2 * j], past[2 * j + 1]
         p = past[0].shape[2]
-        mask = causal_mask(hidden.shape[1], p, hidden.dtype, hidden.device)
+        mask = causal_mask(hidden.shape[1], p, hidden.dtype, hidden.device, pad_lengths)
         layer_input = None
         if keep_input_of is None:
             hidden = decoder_stack(self.layers, self.rotary, hidden, position_ids, cache, mask, self.cache_kw)
@@ -65,13 +68,13 @@ class PrefixGraph(nn.Module):
         self.stack = _Stack(parts, 0, layer)
         self.layer, self.k1 = layer, k1
 
-    def forward(self, inputs_embeds, position_ids, vision_start, past):
+    def forward(self, inputs_embeds, position_ids, vision_start, pad_lengths, past):
         last = self.layer - 1
-        hidden, present, cache, layer_input = self.stack.run(inputs_embeds, position_ids, past, keep_input_of=last)
-        row = last_token_attention(self.stack.layers[last], self.stack.rotary, layer_input, position_ids, cache.keys[last])
-        columns = vision_start + torch.arange(self.k1, device=row.device)
+        hidden, present, cache, layer_input = self.stack.run(inputs_embeds, position_ids, pad_lengths, past, keep_input_of=last)
+        row = last_token_attention(self.stack.layers[last], self.stack.rotary, layer_input, position_ids, cache.keys[last], pad_lengths)
+        columns = vision_start[:, None] + torch.arange(self.k1, device=row.device)[None, :]
         columns = columns.clamp(max=row.shape[1] - 1)  # decode steps: scores are unused
-        scores = row.index_select(1, columns)
+        scores = row.gather(1, columns)
         return hidden, *present, scores
 
 
@@ -81,8 +84,8 @@ class SuffixGraph(nn.Module):
         self.stack = _Stack(parts, layer, parts.num_layers)
         self.norm, self.lm_head = parts.lm.norm, parts.lm_head
 
-    def forward(self, hidden_states, position_ids, past):
-        hidden, present, _, _ = self.stack.run(hidden_states, position_ids, past)
+    def forward(self, hidden_states, position_ids, pad_lengths, past):
+        hidden, present, _, _ = self.stack.run(hidden_states, position_ids, pad_lengths, past)
         logits = self.lm_head(self.norm(hidden[:, -1:]))[:, 0].float()
         return logits, *present
 
@@ -118,16 +121,18 @@ def export_prefix(parts: LlavaParts, layer: int, k1: int, path, *, external: boo
     args = (
         torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype),
         torch.arange(TRACE_SEQ).expand(TRACE_BATCH, -1).contiguous(),
-        torch.tensor([1]),
+        torch.tensor([1, 2]),
+        torch.tensor([0, 1]),
         past,
     )
     dyn = {
         "inputs_embeds": {0: batch, 1: seq},
         "position_ids": {0: batch, 1: seq},
-        "vision_start": None,
+        "vision_start": {0: batch},
+        "pad_lengths": {0: batch},
         "past": tuple({0: batch, 2: past_len} for _ in past),
     }
-    names_in = ["inputs_embeds", "position_ids", "vision_start", *kv_names("past", range(layer))]
+    names_in = ["inputs_embeds", "position_ids", "vision_start", "pad_lengths", *kv_names("past", range(layer))]
     names_out = ["hidden_states", *kv_names("present", range(layer)), "stage_two_scores"]
     _export(PrefixGraph(parts, layer, k1), args, names_in, names_out, dyn, path, external)
 
@@ -141,9 +146,15 @@ def export_suffix(parts: LlavaParts, layer: int, path, *, external: bool = False
     args = (
         torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype),
         torch.arange(TRACE_SEQ).expand(TRACE_BATCH, -1).contiguous(),
+        torch.tensor([0, 1]),
         past,
     )
-    dyn = {"hidden_states": {0: batch, 1: seq}, "position_ids": {0: batch, 1: seq}, "past": tuple({0: batch, 2: past_len} for _ in past)}
-    names_in = ["hidden_states", "position_ids", *kv_names("past", range(layer, n))]
+    dyn = {
+        "hidden_states": {0: batch, 1: seq},
+        "position_ids": {0: batch, 1: seq},
+        "pad_lengths": {0: batch},
+        "past": tuple({0: batch, 2: past_len} for _ in past),
+    }
+    names_in = ["hidden_states", "position_ids", "pad_lengths", *kv_names("past", range(layer, n))]
     names_out = ["logits", *kv_names("present", range(layer, n))]
     _export(SuffixGraph(parts, layer), args, names_in, names_out, dyn, path, external)

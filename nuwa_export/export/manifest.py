@@ -80,6 +80,7 @@ class Manifest:
     budgets: BudgetInfo
     grid: list[int]
     num_patches: int
+    max_batch: int  # requests side by side (engine profiles and the runtime's batches)
     llm: LlmInfo
     preprocessing: dict[str, typing.Any]
     opset: int
@@ -166,9 +167,16 @@ def read(directory: str | Path, *, verify: bool = True) -> Manifest:
             f"{path} has schema_version {version}, newer than this nuwa-export reads ({MANIFEST_SCHEMA_VERSION}); "
             "upgrade nuwa-export or re-export with this version"
         )
+    if isinstance(version, int) and 1 <= version < MANIFEST_SCHEMA_VERSION:
+        raise NuwaError(
+            f"{path} has schema_version {version}, from an older nuwa-export whose graphs take one request at a time; "
+            f"re-export the model with this version (nuwa-export --model ... --out ...)"
+        )
     manifest = _build(Manifest, data, "manifest")
     if manifest.schema_version < 1:
         raise NuwaError(f"{path}: schema_version must be >= 1, got {manifest.schema_version}")
+    if manifest.max_batch < 1:
+        raise NuwaError(f"{path}: max_batch must be >= 1, got {manifest.max_batch}")
     if verify:
         from nuwa_export.export.consistency import check
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nuwa_export import __version__
 from nuwa_export.atomic import atomic_dir, check_dir_target, check_utf8_path
-from nuwa_export.constants import MANIFEST_SCHEMA_VERSION, OPSET
+from nuwa_export.constants import DEFAULT_MAX_BATCH, MANIFEST_SCHEMA_VERSION, OPSET
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 from nuwa_export.progress import Steps
@@ -26,6 +26,8 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 VALIDATION_PROMPT, VALIDATION_TOKENS = "What is in the picture?", 8
 #: ``--dtype``: the LLM graphs' dtype (the vision graph is always float32).
 DTYPES = ("float32", "float16")
+#: ``--max-batch`` ceiling: the graphs are traced with a batch dimension of at most 64.
+MAX_BATCH_LIMIT = 64
 
 
 @contextlib.contextmanager
@@ -81,6 +83,7 @@ def export(
     percentile: float | None = None,
     dtype: str = "float32",
     force: bool = False,
+    max_batch: int = DEFAULT_MAX_BATCH,
     progress: bool = True,
 ) -> mf.Manifest:
     """Export ``model`` to ``out`` and validate it; nothing is left at ``out`` if anything fails.
@@ -91,6 +94,8 @@ def export(
     out = Path(out)
     if dtype not in DTYPES:
         raise NuwaError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    if not 1 <= max_batch <= MAX_BATCH_LIMIT:
+        raise NuwaError(f"--max-batch must be between 1 and {MAX_BATCH_LIMIT}, got {max_batch}")
     check_utf8_path(out, "--out")  # the tokenizer and safetensors writers take UTF-8 paths only
     if os.path.exists(os.path.expanduser(model)):  # a local checkpoint (not an alias or a hub id)
         check_utf8_path(model, "--model")
@@ -116,7 +121,7 @@ def export(
     del loaded
 
     with atomic_dir(out, force=force) as tmp:
-        manifest = _write_graphs(reference.loaded, budgets, spec, dtype, tmp, steps)
+        manifest = _write_graphs(reference.loaded, budgets, spec, dtype, tmp, steps, max_batch)
         with steps("run the PyTorch reference on the validation inputs"):
             expected = _record(reference)
         del reference  # the PyTorch model and the ONNX Runtime sessions never sit in memory together
@@ -129,7 +134,7 @@ def export(
     return manifest
 
 
-def _write_graphs(loaded, budgets, spec, dtype: str, tmp: Path, steps: Steps) -> mf.Manifest:
+def _write_graphs(loaded, budgets, spec, dtype: str, tmp: Path, steps: Steps, max_batch: int) -> mf.Manifest:
     """Trace the three graphs, write them with the assets, check them, hash everything."""
     import onnx
 
@@ -153,7 +158,7 @@ def _write_graphs(loaded, budgets, spec, dtype: str, tmp: Path, steps: Steps) ->
         for f in (VISION_FILE, VISION_PLUGIN_FILE, PREFIX_FILE, SUFFIX_FILE):
             onnx.checker.check_model(str(tmp / f), full_check=True)
     with steps("hash weights and write manifest and trtexec.sh"):
-        return _manifest(loaded, budgets, spec, dtype, tmp, validation={})
+        return _manifest(loaded, budgets, spec, dtype, tmp, validation={}, max_batch=max_batch)
 
 
 def _summary(steps: Steps, manifest: mf.Manifest, out: Path) -> None:
@@ -202,7 +207,7 @@ def _write_assets(loaded, tmp: Path) -> None:
             shutil.copyfile(loaded.path / name, tmp / name)
 
 
-def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict) -> mf.Manifest:
+def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, max_batch: int) -> mf.Manifest:
     import onnx
 
     from nuwa_export.export.llm import LlmShapes
@@ -219,7 +224,7 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict) ->
         name: _graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
         for name, f in (("vision", VISION_FILE), ("vision_plugin", VISION_PLUGIN_FILE), ("llm_prefix", PREFIX_FILE), ("llm_suffix", SUFFIX_FILE))
     }
-    common = dict(kv_heads=shapes.kv_heads, head_dim=shapes.head_dim, hidden=shapes.hidden, max_positions=tc.max_position_embeddings)
+    common = dict(kv_heads=shapes.kv_heads, head_dim=shapes.head_dim, hidden=shapes.hidden, max_positions=tc.max_position_embeddings, max_batch=max_batch)
     profiles = {
         "vision": vision_profiles(parts.image_size),
         "vision_plugin": vision_profiles(parts.image_size),
@@ -236,6 +241,7 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict) ->
         ),
         grid=list(parts.grid),
         num_patches=parts.num_patches,
+        max_batch=max_batch,
         llm=mf.LlmInfo(
             budgets.num_layers, shapes.hidden, shapes.kv_heads, shapes.head_dim, shapes.vocab,
             tc.max_position_embeddings, loaded.image_token_id, [int(e) for e in eos], dtype,
@@ -290,5 +296,6 @@ def export_cli(args: argparse.Namespace) -> int:
         args.model, args.out, keep=args.keep, k1=args.stage_one_keep, k2=args.stage_two_keep,
         layer=args.stage_two_layer, prune=not args.no_prune, per_region=args.per_region,
         distance=args.distance, percentile=args.percentile, dtype=args.dtype, force=args.force,
+        max_batch=args.max_batch,
     )
     return 0

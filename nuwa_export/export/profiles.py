@@ -1,4 +1,5 @@
-"""Shape ranges for engines: static vision, and a prefill and a decode profile per LLM graph.
+"""Shape ranges for engines: vision at batch 1 (the runtime runs one image at a time), and a
+prefill and a decode profile per LLM graph, both for batches of 1 to ``max_batch`` requests.
 
 Recorded in the manifest so ``trtexec.sh`` and ``nuwa-build`` use the same numbers.
 """
@@ -20,8 +21,10 @@ def vision_profiles(image_size: int) -> list[dict[str, list[list[int]]]]:
     return [{"pixel_values": [static, static, static]}]
 
 
-def llm_profiles(part: str, *, layers: range, kv_heads: int, head_dim: int, hidden: int, vision_tokens: int, max_positions: int):
-    """Profile 0: prefill (past 0, prompt of ``vision_tokens`` + text); profile 1: decode (1 token)."""
+def llm_profiles(part: str, *, layers: range, kv_heads: int, head_dim: int, hidden: int, vision_tokens: int, max_positions: int, max_batch: int = 1):
+    """Profile 0: prefill (past 0, prompts of ``vision_tokens`` + text); profile 1: decode (1
+    token). Batch ``[1, 1, max_batch]`` in prefill (one request is the common case there) and
+    ``[1, min(8, max_batch), max_batch]`` in decode, where batching pays."""
     first = "inputs_embeds" if part == "prefix" else "hidden_states"
     lo_seq = vision_tokens + 1
     opt_seq = min(vision_tokens + TYPICAL_TEXT, max_positions)
@@ -29,10 +32,15 @@ def llm_profiles(part: str, *, layers: range, kv_heads: int, head_dim: int, hidd
     max_past = max_positions - 1
     opt_past = min(opt_seq + 64, max_past)
 
-    def profile(seq: tuple[int, int, int], past: tuple[int, int, int]) -> dict[str, list[list[int]]]:
-        p = {first: [[1, s, hidden] for s in seq], "position_ids": [[1, s] for s in seq]}
+    def profile(seq: tuple[int, int, int], past: tuple[int, int, int], batch: tuple[int, int, int]) -> dict[str, list[list[int]]]:
+        p = {first: [[b, s, hidden] for b, s in zip(batch, seq)], "position_ids": [[b, s] for b, s in zip(batch, seq)]}
+        if part == "prefix":
+            p["vision_start"] = [[b] for b in batch]
+        p["pad_lengths"] = [[b] for b in batch]
         for name in kv_names("past", layers):
-            p[name] = [[1, kv_heads, t, head_dim] for t in past]
+            p[name] = [[b, kv_heads, t, head_dim] for b, t in zip(batch, past)]
         return p
 
-    return [profile((lo_seq, opt_seq, hi_seq), (0, 0, 0)), profile((1, 1, 1), (1, opt_past, max_past))]
+    prefill_batch = (1, 1, max_batch)
+    decode_batch = (1, min(8, max_batch), max_batch)
+    return [profile((lo_seq, opt_seq, hi_seq), (0, 0, 0), prefill_batch), profile((1, 1, 1), (1, opt_past, max_past), decode_batch)]

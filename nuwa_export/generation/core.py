@@ -1,24 +1,39 @@
 """Generation, written once over :class:`~nuwa_export.generation.stages.Stages`.
 
-preprocess → vision → prefix (layers ``[0, L)``) → stage two → suffix (layers ``[L, N)``) → decode.
-Two KV groups: the prefix layers keep ``b + K1 + c`` prompt entries, the suffix layers
-``b + K2 + c``; every decode step runs both with their own past lengths.
+preprocess → vision → prefix (layers ``[0, L)``) → stage two → suffix (layers ``[L, N)``) → decode,
+for a batch of requests side by side (one request is a batch of one). Two KV groups: the prefix
+layers keep ``pad + b + K1 + c`` prompt entries per row, the suffix layers ``pad + b + K2 + c``;
+every decode step runs both with their own past lengths.
+
+Tensors stay on the stages' device from the vision output to the last token; what crosses to
+the host is token ids and positions (in), last-position logits and stage-two scores' choices
+(out), counted in ``stages.transfers``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from nuwa_export.generation.layout import Layout, layout_for
+from nuwa_export.generation.layout import Batch, Layout, layout_for
 from nuwa_export.generation.loop import decode_loop
-from nuwa_export.generation.result import Clock, GenerationResult
+from nuwa_export.generation.result import Clock, GenerationResult, Transfers
 from nuwa_export.image import load_image, preprocess
-from nuwa_export.pruning import stage_two, stage_two_rows
+from nuwa_export.pruning import stage_two
 from nuwa_export.sampling import SamplingConfig
+
+
+@dataclass
+class Request:
+    """One question about one image (a path or PIL image), with its own sampling and stream."""
+
+    image: Any
+    prompt: str
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    on_token: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -31,73 +46,214 @@ class KVGroups:
     def nbytes(self, stages) -> int:
         return stages.past_bytes(self.prefix) + stages.past_bytes(self.suffix)
 
+    def take(self, stages, rows: torch.Tensor) -> KVGroups:
+        return KVGroups(stages.take_rows(self.prefix, rows), stages.take_rows(self.suffix, rows))
+
 
 @dataclass
 class Prefill:
-    layout: Layout
-    logits: Any  # [1, V] of the last prompt row
+    batch: Batch
+    logits: Any  # [B, V] of the last prompt row
     kv: KVGroups
-    split_hidden: torch.Tensor  # [1, b + K1 + c, D] after layer L-1, every row
-    positions: torch.Tensor  # [1, b + K1 + c]
-    stage_two_scores: torch.Tensor | None  # [1, K1]
-    stage_two: torch.Tensor | None  # [1, K2] positions within K1; None unpruned
+    split_hidden: torch.Tensor  # [B, pad + b + K1 + c, D] after layer L-1, every row
+    positions: torch.Tensor  # [B, pad + b + K1 + c]
+    stage_two_scores: torch.Tensor | None  # [B, K1]
+    stage_two: torch.Tensor | None  # [B, K2] positions within K1; None unpruned
+    vision_start: torch.Tensor  # [B] int64 on the stages' device
+    pad: torch.Tensor  # [B] int64 on the stages' device
 
 
-def prompt_embeds(stages, layout: Layout, tokens: torch.Tensor) -> torch.Tensor:
-    """``[1, b + K1 + c, D]``: text before, the vision tokens (in the LLM's dtype), text after."""
-    head, tail = stages.embed(layout.prompt.before), stages.embed(layout.prompt.after)
-    return torch.cat([head, tokens.to(head.dtype), tail], dim=1)
+def prompt_embeds(stages, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
+    """``[B, pad + b + K1 + c, D]``: padding (zeros), text before, the vision tokens (in the LLM's
+    dtype), text after — the text embedded on the stages' device from its token ids."""
+    k = tokens.shape[1]
+    embeds = stages.embed(stages.to_device([batch.text_ids(k)])[0])
+    for r, (pad, start) in enumerate(zip(batch.pads, batch.vision_starts)):
+        embeds[r, :pad] = 0
+        embeds[r, start : start + k] = tokens[r].to(embeds.dtype)
+    return embeds
 
 
-def run_prefix(stages, layout: Layout, tokens: torch.Tensor, indices: torch.Tensor):
-    """Layers ``[0, L)`` on the prompt → (hidden at the split, positions, prefix KV, scores)."""
+@torch.inference_mode()
+def run_prefix(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor):
+    """Layers ``[0, L)`` on the prompts → (hidden at the split, positions, prefix KV, scores,
+    vision_start, pad)."""
     b = stages.budgets
-    pos = layout.positions(indices)
-    split, past, scores = stages.prefix(prompt_embeds(stages, layout, tokens), pos, layout.before, stages.empty_past(0, b.layer))
-    return split, pos, past, scores
+    pos = batch.positions(indices)
+    vision_start, pad = stages.to_device([batch.vision_starts, batch.pads])
+    past = stages.empty_past(0, b.layer, batch.size)
+    split, past, scores = stages.prefix(prompt_embeds(stages, batch, tokens), pos, vision_start, pad, past)
+    return split, pos, past, scores, vision_start, pad
 
 
-def select(stages, layout: Layout, scores: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage two: ``kept [1, K2]`` within the K1 vision tokens and the rows that go on."""
+def select(stages, batch: Batch, scores: torch.Tensor, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage two: ``kept [B, K2]`` within the K1 vision tokens and ``[B, T2]`` rows that go on."""
     kept = stage_two(scores.float(), stages.budgets.k2)
-    return kept, stage_two_rows(layout.before, kept, k1, layout.after)
+    return kept, batch.rows_after_stage_two(kept, k1)
 
 
-def run_suffix(stages, hidden: torch.Tensor, positions: torch.Tensor):
+@torch.inference_mode()
+def run_suffix(stages, hidden: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor, size: int):
     """Layers ``[L, N)`` on the rows that go on → (logits, suffix KV)."""
     b = stages.budgets
-    return stages.suffix(hidden, positions, stages.empty_past(b.layer, b.num_layers))
+    return stages.suffix(hidden, positions, pad, stages.empty_past(b.layer, b.num_layers, size))
 
 
-def prefill(stages, layout: Layout, tokens: torch.Tensor, indices: torch.Tensor, clock: Clock) -> Prefill:
-    """The prompt through both graphs with stage two between them (batch 1)."""
+def prefill(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor, clock: Clock) -> Prefill:
+    """The prompts through both graphs with stage two between them."""
     with torch.inference_mode():
-        split, pos, past1, scores = run_prefix(stages, layout, tokens, indices)
+        split, pos, past1, scores, vision_start, pad = run_prefix(stages, batch, tokens, indices)
         clock.lap("prefix")
         kept = None
         hidden, pos2 = split, pos
         if stages.budgets.prune:
-            kept, rows = select(stages, layout, scores, tokens.shape[1])
-            hidden, pos2 = split[:, rows], pos[:, rows]
+            kept, rows = select(stages, batch, scores, tokens.shape[1])
+            hidden = split.gather(1, rows[..., None].expand(-1, -1, split.shape[2]))
+            pos2 = pos.gather(1, rows)
         clock.lap("stage_two")
-        logits, past2 = run_suffix(stages, hidden, pos2)
+        logits, past2 = run_suffix(stages, hidden, pos2, pad, batch.size)
         clock.lap("suffix")
-    return Prefill(layout, logits, KVGroups(past1, past2), split, pos, scores, kept)
+    return Prefill(batch, logits, KVGroups(past1, past2), split, pos, scores, kept, vision_start, pad)
 
 
-def step(stages, layout: Layout, kv: KVGroups, token: int, i: int, device=None):
-    """Feed back generated token ``i`` through both KV groups → the next logits."""
+@dataclass
+class Live:
+    """What a decode step needs about the rows still generating."""
+
+    batch: Batch
+    kv: KVGroups
+    vision_start: torch.Tensor
+    pad: torch.Tensor
+
+    def take(self, stages, keep: list[int]) -> Live:
+        """Only rows ``keep``: finished rows stop costing compute (their KV rows are dropped)."""
+        rows = stages.to_device([keep])[0]
+        return Live(self.batch.take(keep), self.kv.take(stages, rows), self.vision_start[rows], self.pad[rows])
+
+
+def step(stages, live: Live, tokens: Sequence[int], i: int):
+    """Feed back generated token ``i`` of every live row through both KV groups → ``[B, V]``."""
     with torch.inference_mode():
-        e = stages.embed([token])
-        p = torch.tensor([[layout.decode_position(i)]], device=device)
-        h, kv.prefix, _ = stages.prefix(e, p, layout.before, kv.prefix)
-        logits, kv.suffix = stages.suffix(h, p, kv.suffix)
+        ids, pos = stages.to_device([[[t] for t in tokens], [[p] for p in live.batch.decode_positions(i)]])
+        e = stages.embed(ids)
+        h, live.kv.prefix, _ = stages.prefix(e, pos, live.vision_start, live.pad, live.kv.prefix)
+        logits, live.kv.suffix = stages.suffix(h, pos, live.pad, live.kv.suffix)
     return logits
 
 
-def replay(stages, layout: Layout, kv: KVGroups, tokens: list[int], device=None) -> list:
-    """Teacher forcing: feed ``tokens`` back in order (no picking) → the logits after each."""
-    return [step(stages, layout, kv, token, i, device) for i, token in enumerate(tokens)]
+def replay(stages, live: Live, tokens: list[int]) -> list:
+    """Teacher forcing (batch of one): feed ``tokens`` back in order (no picking) → the logits
+    after each."""
+    return [step(stages, live, [token], i) for i, token in enumerate(tokens)]
+
+
+def layouts(stages, requests: Sequence[Request]) -> Batch:
+    """Every request's prompt, tokenised and checked, before any work starts."""
+    return Batch(tuple(layout_for(stages, r.prompt, r.sampling.max_new_tokens) for r in requests))
+
+
+def vision(stages, requests: Sequence[Request], clock: Clock) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image through the vision graph (one at a time: the tower is compute-bound, and each
+    image meets stage one exactly as when it runs alone) → ``tokens [B, K1, D]``, ``indices [B, K1]``."""
+    tokens, indices = [], []
+    for r in requests:
+        image = r.image if hasattr(r.image, "size") else load_image(r.image)
+        pixels = preprocess(image, stages.image_config)[None]
+        clock.lap("preprocess")
+        t, i = stages.vision(pixels, clock)
+        clock.lap("vision")
+        tokens.append(t)
+        indices.append(i)
+    return torch.cat(tokens), torch.cat(indices)
+
+
+def generate_batch(stages, requests: Sequence[Request], trace: dict | None = None) -> list[GenerationResult]:
+    """Answer every request side by side; results in request order.
+
+    ``trace`` collects intermediates in the stages' own types: ``vision_tokens``,
+    ``patch_indices``, ``split_hidden``, ``stage_two_scores``, ``stage_two``, ``first_logits`` and
+    ``logits`` (the ``[B, V]`` logits before each decode step's tokens).
+    """
+    requests = list(requests)
+    batch = layouts(stages, requests)
+    clock = stages.clock()
+    before = stages.transfers.snapshot()
+    tokens, indices = vision(stages, requests, clock)
+    pre = prefill(stages, batch, tokens, indices, clock)
+    first = stages.to_host(pre.logits)
+    clock.first_token()
+    s1 = stages.to_host(indices).tolist()
+    s2 = None if pre.stage_two is None else stages.to_host(pre.stage_two).tolist()
+    prefill_transfers = stages.transfers.since(before)
+    seen = [pre.logits]
+    if trace is not None:
+        trace.update(
+            vision_tokens=tokens, patch_indices=indices, split_hidden=pre.split_hidden,
+            stage_two_scores=pre.stage_two_scores, stage_two=pre.stage_two, first_logits=pre.logits, logits=seen,
+        )
+    live = Live(batch, pre.kv, pre.vision_start, pre.pad)
+    entry_bytes = _entry_bytes(stages, pre)
+
+    def next_logits(tokens: list[int], i: int, keep: list[int] | None):
+        nonlocal live
+        if keep is not None:
+            live = live.take(stages, keep)
+        out = step(stages, live, tokens, i)
+        if trace is not None:
+            seen.append(out)
+        return out
+
+    decode_start = stages.transfers.snapshot()
+    generated = decode_loop(
+        first, next_logits, [r.sampling for r in requests], stages.eos_token_ids, [r.on_token for r in requests], stages.to_host,
+    )
+    steps = max(len(g) for g in generated) - 1
+    decode_transfers = stages.transfers.since(decode_start)
+    clock.finish(max(len(g) for g in generated))
+    return [
+        GenerationResult(
+            prompt=row.prompt,
+            generated_ids=ids,
+            text=stages.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+            stage_one_indices=s1[r],
+            stage_two_indices=None if s2 is None else [s1[r][i] for i in s2[r]],
+            budgets=stages.budgets,
+            timings_ms=dict(clock.ms),
+            kv_cache_bytes=_row_kv_bytes(stages, row, entry_bytes, len(ids) - 1),
+            backend=stages.name,
+            batch_size=batch.size,
+            transfers={"prefill": prefill_transfers, "decode_per_step": Transfers.per(decode_transfers, steps), "decode_steps": steps},
+        )
+        for r, (row, ids) in enumerate(zip(batch.rows, generated))
+    ]
+
+
+def _entry_bytes(stages, pre: Prefill) -> tuple[int, int]:
+    """Bytes one cache entry (one row, one position) takes over all layers of each KV group."""
+    b, batch = stages.budgets, pre.batch
+    k2 = b.k2 if b.prune else b.k1
+    return (
+        stages.past_bytes(pre.kv.prefix) // (batch.size * (batch.text + b.k1)),
+        stages.past_bytes(pre.kv.suffix) // (batch.size * (batch.text + k2)),
+    )
+
+
+def _row_kv_bytes(stages, row: Layout, entry_bytes: tuple[int, int], fed: int) -> int:
+    """The bytes one request's own KV entries take at its end (``fed`` generated tokens fed back;
+    the batch's padding not counted): as when it runs alone."""
+    b = stages.budgets
+    text = row.before + row.after
+    return entry_bytes[0] * (text + b.k1 + fed) + entry_bytes[1] * (text + (b.k2 if b.prune else b.k1) + fed)
+
+
+def generate_batches(stages, requests: Sequence[Request], batch_size: int, trace: None = None) -> list[GenerationResult]:
+    """Every request, ``batch_size`` at a time in order (every prompt checked before any work)."""
+    requests = list(requests)
+    layouts(stages, requests)
+    out: list[GenerationResult] = []
+    for i in range(0, len(requests), batch_size):
+        out += generate_batch(stages, requests[i : i + batch_size])
+    return out
 
 
 def generate(
@@ -108,47 +264,10 @@ def generate(
     on_token: Callable[[int], None] | None = None,
     trace: dict | None = None,
 ) -> GenerationResult:
-    """Answer ``prompt`` about ``image`` (path or PIL image).
+    """Answer ``prompt`` about ``image`` (path or PIL image): a batch of one."""
+    return generate_batch(stages, [Request(image, prompt, sampling or SamplingConfig(), on_token)], trace)[0]
 
-    ``trace`` collects intermediates in the stages' own types: ``vision_tokens``,
-    ``patch_indices``, ``split_hidden``, ``stage_two_scores``, ``stage_two``, ``first_logits`` and
-    ``logits`` (the logits before each generated token).
-    """
-    sampling = sampling or SamplingConfig()
-    layout = layout_for(stages, prompt, sampling.max_new_tokens)
-    clock = stages.clock()
-    if not hasattr(image, "size"):
-        image = load_image(image)
-    pixels = preprocess(image, stages.image_config)[None]
-    clock.lap("preprocess")
-    tokens, indices = stages.vision(pixels, clock)
-    clock.lap("vision")
-    pre = prefill(stages, layout, tokens, indices, clock)
-    clock.first_token()
-    seen = [pre.logits]
-    if trace is not None:
-        trace.update(
-            vision_tokens=tokens, patch_indices=indices, split_hidden=pre.split_hidden,
-            stage_two_scores=pre.stage_two_scores, stage_two=pre.stage_two, first_logits=pre.logits, logits=seen,
-        )
 
-    def next_logits(token: int, i: int):
-        out = step(stages, layout, pre.kv, token, i, indices.device)
-        if trace is not None:
-            seen.append(out)
-        return out
-
-    generated = decode_loop(pre.logits, next_logits, sampling, stages.eos_token_ids, on_token)
-    clock.finish(len(generated))
-    s1 = indices[0].tolist()
-    return GenerationResult(
-        prompt=layout.prompt,
-        generated_ids=generated,
-        text=stages.tokenizer.decode(generated, skip_special_tokens=True).strip(),
-        stage_one_indices=s1,
-        stage_two_indices=None if pre.stage_two is None else [s1[i] for i in pre.stage_two[0].tolist()],
-        budgets=stages.budgets,
-        timings_ms=clock.ms,
-        kv_cache_bytes=pre.kv.nbytes(stages),
-        backend=stages.name,
-    )
+def single(stages, layout: Layout) -> Batch:
+    """A batch of one request (verify's teacher-forced check)."""
+    return Batch((layout,))

@@ -1,4 +1,5 @@
-"""Prompt layout: ``[text before][kept vision tokens][text after]`` and where each sits.
+"""Prompt layout: ``[text before][kept vision tokens][text after]`` and where each sits, per
+request (:class:`Layout`) and for a left-padded batch of requests (:class:`Batch`).
 
 Spatial positions (docs/algorithm.md §3): a kept patch ``p`` sits at ``b + p``; text after the
 image, and every generated token, sits where it would with all patches.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from nuwa_export.prompt import Prompt, build_prompt, check_context
-from nuwa_export.pruning import decode_position, position_ids
+from nuwa_export.pruning import decode_position, position_ids, stage_two_rows
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,80 @@ class Layout:
     def decode_position(self, step: int) -> int:
         """Position of the token fed back at decode step ``step`` (0-based)."""
         return decode_position(self.before, self.after, self.num_patches, step)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Requests side by side, left-padded to one length (docs/architecture.md, "Batches").
+
+    Every row's cache is ``[pad][text before][vision tokens][text after]``; as the budgets fix K1
+    and K2, a row needs the same padding ``pad = max(b + c) - (b + c)`` in both KV groups, and
+    every row's last prompt entry is the last column, so one decode step appends one entry to
+    every row. Padding entries are masked from every real query (``pad_lengths``).
+    """
+
+    rows: tuple[Layout, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def text(self) -> int:
+        """Widest text (``b + c``) of the batch."""
+        return max(r.before + r.after for r in self.rows)
+
+    @property
+    def pads(self) -> list[int]:
+        return [self.text - r.before - r.after for r in self.rows]
+
+    @property
+    def vision_starts(self) -> list[int]:
+        """Per row, the cache index of its first vision token."""
+        return [p + r.before for p, r in zip(self.pads, self.rows)]
+
+    def text_ids(self, k: int) -> list[list[int]]:
+        """``[B, text + k]`` token ids with ``k`` vision slots; padding and vision slots hold id 0
+        (their embeddings are replaced or masked)."""
+        return [[0] * p + list(r.prompt.before) + [0] * k + list(r.prompt.after) for p, r in zip(self.pads, self.rows)]
+
+    def positions(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[B, text + K]`` int64 on ``indices``' device; padding entries sit at 0."""
+        out = []
+        for r, (p, row) in enumerate(zip(self.pads, self.rows)):
+            pos = row.positions(indices[r : r + 1])
+            out.append(torch.cat([torch.zeros(1, p, dtype=pos.dtype, device=pos.device), pos], dim=1))
+        return torch.cat(out)
+
+    def rows_after_stage_two(self, kept: torch.Tensor, k1: int) -> torch.Tensor:
+        """``[B, text + K2]`` cache rows that go on to layers ``[L, N)``: each row's padding, its
+        text and its kept vision rows (``pruning.stage_two_rows``), in order."""
+        out = []
+        for r, (p, row) in enumerate(zip(self.pads, self.rows)):
+            go_on = p + stage_two_rows(row.before, kept[r], k1, row.after)
+            out.append(torch.cat([torch.arange(p, device=kept.device), go_on]))
+        return torch.stack(out)
+
+    def decode_positions(self, step: int) -> list[int]:
+        return [row.decode_position(step) for row in self.rows]
+
+    def take(self, keep: list[int]) -> Batch:
+        """The rows ``keep`` (in order), with the padding they had (their caches keep it)."""
+        return _Taken(tuple(self.rows[i] for i in keep), tuple(self.pads[i] for i in keep))
+
+
+@dataclass(frozen=True)
+class _Taken(Batch):
+    """Rows kept from a batch: padding fixed by the caches, not recomputed."""
+
+    fixed_pads: tuple[int, ...] = ()
+
+    @property
+    def pads(self) -> list[int]:
+        return list(self.fixed_pads)
+
+    def take(self, keep: list[int]) -> Batch:
+        return _Taken(tuple(self.rows[i] for i in keep), tuple(self.fixed_pads[i] for i in keep))
 
 
 def layout_for(stages, text: str, max_new_tokens: int) -> Layout:

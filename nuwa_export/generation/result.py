@@ -1,4 +1,4 @@
-"""What every runner returns: the result record and per-stage timings."""
+"""What every runner returns: the result record, per-stage timings, host↔device transfers."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ class GenerationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     kv_cache_bytes: int = 0
     backend: str = "torch"
+    batch_size: int = 1  # requests generated side by side with this one (timings are the batch's)
+    transfers: dict = field(default_factory=dict)  # bytes host↔device: prefill, decode_per_step
 
     def to_json(self) -> dict:
         return {
@@ -35,6 +37,26 @@ class GenerationResult:
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "kv_cache_bytes": self.kv_cache_bytes,
         }
+
+
+@dataclass
+class Transfers:
+    """Bytes the runtime copies between host memory and the engine's tensors, counted where they
+    are made (:meth:`to_device`, :meth:`to_host` of the stages). On a CPU engine host and
+    device are one memory; the count is what a GPU engine would copy."""
+
+    host_to_device: int = 0
+    device_to_host: int = 0
+
+    def snapshot(self) -> Transfers:
+        return Transfers(self.host_to_device, self.device_to_host)
+
+    def since(self, start: Transfers) -> dict:
+        return {"host_to_device": self.host_to_device - start.host_to_device, "device_to_host": self.device_to_host - start.device_to_host}
+
+    @staticmethod
+    def per(counts: dict, steps: int) -> dict:
+        return {k: (v / steps if steps else 0.0) for k, v in counts.items()}
 
 
 class Clock:
@@ -59,4 +81,3 @@ class Clock:
         self.lap("decode")
         self.ms["decode_per_token"] = self.ms["decode"] / max(1, generated - 1)
         self.ms["total"] = self.ms["time_to_first_token"] + self.ms["decode"]
-

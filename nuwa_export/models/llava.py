@@ -137,28 +137,34 @@ class LlavaParts:
         return self.lm.embed_tokens(input_ids)
 
     def run_layers(
-        self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, start: int, end: int
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, start: int, end: int,
+        pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decoder layers ``[start, end)`` on ``hidden [B, T, D]`` at ``position_ids [B, T]``.
 
-        The causal mask is by sequence order; each layer attends over its own cache.
+        The causal mask is by sequence order; each layer attends over its own cache. ``pad [B]``
+        int64: left-padding entries at the start of each row's cache, which no real query sees
+        (see :func:`causal_mask`).
         """
         if start >= end:
             return hidden
-        mask = self._causal_mask(hidden, cache.length(start))
+        mask = self._causal_mask(hidden, cache.length(start), pad)
         return decoder_stack(self.lm.layers[start:end], self.lm.rotary_emb, hidden, position_ids, cache, mask, self._cache_kw)
 
-    def _causal_mask(self, hidden: torch.Tensor, past: int) -> torch.Tensor | None:
+    def _causal_mask(self, hidden: torch.Tensor, past: int, pad: torch.Tensor | None) -> torch.Tensor | None:
         q = hidden.shape[1]
+        if pad is not None and bool((pad > 0).any()):
+            return causal_mask(q, past, hidden.dtype, hidden.device, pad)
         if q == 1 or (past == 0 and self.config.text_config._attn_implementation == "sdpa"):
             return None  # one query sees everything; sdpa applies is_causal itself
         return causal_mask(q, past, hidden.dtype, hidden.device)
 
     def last_token_attention(
-        self, layer_idx: int, layer_input: torch.Tensor, position_ids: torch.Tensor, cache: KVCache
+        self, layer_idx: int, layer_input: torch.Tensor, position_ids: torch.Tensor, cache: KVCache,
+        pad: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """See :func:`last_token_attention`."""
-        return last_token_attention(self.lm.layers[layer_idx], self.lm.rotary_emb, layer_input, position_ids, cache.keys[layer_idx])
+        return last_token_attention(self.lm.layers[layer_idx], self.lm.rotary_emb, layer_input, position_ids, cache.keys[layer_idx], pad)
 
     def logits(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """Final norm and lm_head: ``[B, 1, D]`` → ``[B, V]`` float32."""
@@ -171,15 +177,25 @@ def cache_keyword(layer: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def causal_mask(q: int | torch.Tensor, past: int | torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+def causal_mask(q: int | torch.Tensor, past: int | torch.Tensor, dtype: torch.dtype, device, pad: torch.Tensor | None = None) -> torch.Tensor:
     """Additive ``[1, 1, q, past + q]`` mask: query ``i`` sees keys ``0 .. past + i``.
 
-    Built from comparisons of ``arange`` so it traces with symbolic ``q`` and ``past``.
+    With ``pad [B]`` (left padding of a batch, docs/architecture.md "Batches"): ``[B, 1, q,
+    past + q]``, and keys before ``pad[b]`` are hidden from every query of row ``b`` except the
+    padding entry itself (a padding query sees only itself: never an all-blocked row, whose
+    softmax would be NaN and poison the cache). Built from comparisons of ``arange`` so it traces
+    with symbolic ``q``, ``past`` and batch.
     """
     rows = torch.arange(q, device=device)[:, None] + past
     cols = torch.arange(past + q, device=device)[None, :]
+    seen = cols <= rows
+    if pad is not None:
+        seen = ((cols >= pad[:, None, None]) & seen) | (cols == rows)  # [B, q, past + q]
+        seen = seen[:, None]
+    else:
+        seen = seen[None, None]
     blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
-    return torch.where(cols <= rows, torch.zeros((), dtype=dtype, device=device), blocked)[None, None]
+    return torch.where(seen, torch.zeros((), dtype=dtype, device=device), blocked)
 
 
 def decoder_stack(layers, rotary: nn.Module, hidden, position_ids, cache: KVCache, mask, cache_kw: str):
@@ -197,16 +213,18 @@ def decoder_stack(layers, rotary: nn.Module, hidden, position_ids, cache: KVCach
     return hidden
 
 
-def last_token_attention(layer: nn.Module, rotary: nn.Module, layer_input, position_ids, keys) -> torch.Tensor:
-    """Head-mean softmax attention of the last position in ``layer`` over all its keys.
+def last_token_attention(layer: nn.Module, rotary: nn.Module, layer_input, position_ids, keys, pad=None) -> torch.Tensor:
+    """Head-mean softmax attention of the last position in ``layer`` over all its keys (those
+    after each row's left padding ``pad [B]``, when given).
 
     Call after the layer ran on the prefill, so ``keys`` (its cache) hold every position.
     Args:
         layer_input: ``[B, T, D]`` the layer's input hidden states.
         position_ids: ``[B, T]``.
         keys: ``[B, kv_heads, T_all, head_dim]`` the layer's cached (rotated) keys.
+        pad: ``[B]`` int64 padding entries at the start of each row's cache, or None.
     Returns:
-        ``[B, T_all]`` float32.
+        ``[B, T_all]`` float32 (0 on padding entries).
     """
     attn = layer.self_attn
     last = layer.input_layernorm(layer_input[:, -1:])
@@ -215,6 +233,9 @@ def last_token_attention(layer: nn.Module, rotary: nn.Module, layer_input, posit
     q = q * cos[:, None] + _rotate_half(q) * sin[:, None]
     keys = keys.repeat_interleave(attn.num_key_value_groups, dim=1)
     scores = (q.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [B, H, 1, T]
+    if pad is not None:
+        cols = torch.arange(keys.shape[2], device=keys.device)
+        scores = scores.masked_fill((cols[None, :] < pad[:, None])[:, None, None], float("-inf"))
     return scores.softmax(dim=-1).mean(dim=1)[:, 0]
 
 

@@ -1,4 +1,9 @@
-"""ONNX Runtime backend: CPU, or CUDA when onnxruntime-gpu and a GPU are present."""
+"""ONNX Runtime backend: CPU, or CUDA when onnxruntime-gpu and a GPU are present.
+
+Every graph runs through an IOBinding: inputs are bound where their torch tensors live and the
+outputs are allocated on the same device from the manifest's contract and bound before the run,
+so each present KV tensor is bound back as the next past with no copy and no NumPy in between.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,21 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from nuwa_export.errors import NuwaError
-from nuwa_export.export.llm import kv_names
 from nuwa_export.export.manifest import Manifest
-from nuwa_export.runtime.backend import Backend
+from nuwa_export.runtime.backend import Backend, output_specs
+
+#: ONNX Runtime element type per torch dtype (IOBinding takes NumPy dtypes)
+_ELEMENT = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_}
 
 
 def _one_line(e: BaseException) -> str:
     """ONNX Runtime's message, without its ``[ONNXRuntimeError] : N :`` prefix, on one line."""
     text = " ".join(str(e).split()) or type(e).__name__
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)[:400]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
+    return re.sub(r"^Error in execution: ", "", text)[:400]
 
 
 def _ort_errors() -> tuple[type[BaseException], ...]:
@@ -52,6 +61,7 @@ class OrtBackend(Backend):
         """``spinning=False`` (default): the three sessions run one after another, and ORT's
         spin-waiting threads of one would take CPU from the next (benchmarks/pruning_pays.py
         measured 19 % of the pruned prefill on 2 cores)."""
+        super().__init__(manifest)
         self.providers = providers_for(device)  # first: names the package when it is missing
         import onnxruntime as ort
 
@@ -88,31 +98,29 @@ class OrtBackend(Backend):
         self._files = {g: manifest.graphs[g].file for g in ("vision", "llm_prefix", "llm_suffix")}
         self._errors = _ort_errors()
 
-        self._vision = session("vision", opts)
-        self._prefix, self._suffix = session("llm_prefix", llm_opts), session("llm_suffix", llm_opts)
-        layer, n = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
-        self._prefix_past = kv_names("past", range(layer))
-        self._suffix_past = kv_names("past", range(layer, n))
-        self.device = "cuda" if self.providers[0].startswith("CUDA") else "cpu"
+        self.sessions = {"vision": session("vision", opts), "llm_prefix": session("llm_prefix", llm_opts), "llm_suffix": session("llm_suffix", llm_opts)}
+        cuda = self.providers[0].startswith("CUDA")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self._bind_device = ("cuda", self.device.index) if cuda else ("cpu", 0)
 
-    def _run(self, graph: str, session, names, feeds):
+    def run(self, graph: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        session = self.sessions[graph]
+        io = session.io_binding()
+        kind, index = self._bind_device
+        held = []  # contiguous copies (if any) must outlive the run
+        for name, t in inputs.items():
+            t = t.contiguous()
+            held.append(t)
+            io.bind_input(name, kind, index, _ELEMENT[t.dtype], tuple(t.shape), t.data_ptr())
+        outputs = []
+        for spec in output_specs(self.manifest, graph, {k: tuple(v.shape) for k, v in inputs.items()}):
+            t = torch.empty(spec.shape, dtype=spec.dtype, device=self.device)
+            io.bind_output(spec.name, kind, index, _ELEMENT[spec.dtype], spec.shape, t.data_ptr())
+            outputs.append(t)
+        if kind == "cuda":  # torch wrote the inputs on its stream; ORT runs on its own
+            torch.cuda.synchronize(self.device)
         try:
-            return session.run(names, feeds)
-        except self._errors as e:
+            session.run_with_iobinding(io)
+        except (*self._errors, RuntimeError) as e:  # run_with_iobinding reports a failed run as RuntimeError
             raise NuwaError(f"ONNX Runtime failed running {self._files[graph]}: {_one_line(e)}") from None
-
-    def vision(self, pixel_values):
-        tokens, idx = self._run("vision", self._vision, ["image_tokens", "patch_indices"], {"pixel_values": pixel_values})
-        return tokens, idx
-
-    def prefix(self, inputs_embeds, position_ids, vision_start, past):
-        feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "vision_start": np.array([vision_start], np.int64)}
-        feeds.update(zip(self._prefix_past, past))
-        out = self._run("llm_prefix", self._prefix, None, feeds)
-        return out[0], out[1:-1], out[-1]
-
-    def suffix(self, hidden, position_ids, past):
-        feeds = {"hidden_states": hidden, "position_ids": position_ids}
-        feeds.update(zip(self._suffix_past, past))
-        out = self._run("llm_suffix", self._suffix, None, feeds)
-        return out[0], out[1:]
+        return outputs

@@ -1,9 +1,9 @@
 """Answer questions from an export directory: the generation core (nuwa_export.generation) over
-the three graphs of one backend (:class:`EngineStages`)."""
+the three graphs of one backend (:class:`EngineStages`), one request or a batch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 from nuwa_export import generation
-from nuwa_export.generation import Clock, GenerationResult
+from nuwa_export.generation import Clock, GenerationResult, Request, Transfers
 from nuwa_export.image import ImageConfig
 from nuwa_export.pruning import Budgets
 from nuwa_export.runtime.backend import Backend, make_backend
@@ -37,7 +37,7 @@ class Pipeline:
 
     def __init__(self, directory: str | Path, backend: str | Backend = "ort", device: str = "auto") -> None:
         from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
         self.directory = Path(directory)
@@ -55,14 +55,14 @@ class Pipeline:
             why = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise NuwaError(f"cannot load {self.directory / EMBEDDINGS_FILE} ({why}); re-run nuwa-export") from None
         self.backend = backend if isinstance(backend, Backend) else make_backend(backend, self.directory, self.manifest, device)
+        self.embeddings = self.embeddings.to(self.backend.device)  # token ids are looked up where the engine runs
+
+    @property
+    def max_batch(self) -> int:
+        return self.manifest.max_batch
 
     def close(self) -> None:
         self.backend.close()
-
-    def _empty_past(self, layers: range) -> list[np.ndarray]:
-        llm = self.manifest.llm
-        shape = (1, llm.num_kv_heads, 0, llm.head_dim)
-        return [np.zeros(shape, self.embeddings.dtype) for _ in layers for _ in range(2)]
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -91,19 +91,27 @@ class Pipeline:
         (NumPy arrays, as the graphs return them)."""
         result = generation.generate(self.stages(), image, prompt, sampling, on_token, trace)
         if trace is not None:
-            trace.update({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in trace.items()})
+            trace.update({k: _numpy(v) for k, v in trace.items()})
         return result
+
+    def generate_batch(self, requests: Sequence[Request], batch_size: int | None = None) -> list[GenerationResult]:
+        """Answer ``requests`` (different images, prompts, sampling and token limits), at most
+        ``batch_size`` (default and cap: the export's ``max_batch``) side by side; results in
+        request order, row for row what each request gives alone."""
+        return generation.generate_batches(self.stages(), requests, min(batch_size or self.max_batch, self.max_batch))
 
 
 class EngineStages:
-    """:class:`~nuwa_export.generation.Stages` over an export's graphs (NumPy in and out of the
-    backend; CPU torch tensors, sharing memory, on the core's side)."""
+    """:class:`~nuwa_export.generation.Stages` over an export's graphs: torch tensors on the
+    backend's device in and out; KV groups are lists of device tensors the backend writes and
+    reads in place."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.backend = pipeline.backend
         llm = pipeline.manifest.llm
         self.name = self.backend.name
+        self.device = self.backend.device
         self.tokenizer = pipeline.tokenizer
         self.image_config = pipeline.image_config
         self.budgets = pipeline.budgets
@@ -111,34 +119,54 @@ class EngineStages:
         self.max_positions = llm.max_positions
         self.eos_token_ids = set(llm.eos_token_ids)
         self.vocab_size = llm.vocab_size
+        self.transfers = Transfers()
+        self._kv_shape = (llm.num_kv_heads, 0, llm.head_dim)
 
     def clock(self) -> Clock:
-        return Clock()
+        return Clock(torch.cuda.synchronize if self.device.type == "cuda" else None)
 
     def check_prompt(self, prompt) -> None:
         if max(prompt.before + prompt.after, default=0) >= self.vocab_size:
             raise NuwaError(f"the tokenizer in {self.pipeline.tokenizer_dir} makes token ids beyond llm.vocab_size {self.vocab_size}; re-run nuwa-export")
 
+    def to_device(self, arrays) -> list[torch.Tensor]:
+        out = [torch.tensor(a, dtype=torch.long).to(self.device) for a in arrays]
+        self.transfers.host_to_device += sum(t.numel() * t.element_size() for t in out)
+        return out
+
+    def to_host(self, t: torch.Tensor) -> torch.Tensor:
+        self.transfers.device_to_host += t.numel() * t.element_size()
+        return t.cpu()
+
     def vision(self, pixel_values: np.ndarray, clock: Clock | None = None):
-        tokens, indices = self.backend.vision(pixel_values)
-        return torch.from_numpy(tokens), torch.from_numpy(indices)
+        px = torch.from_numpy(np.ascontiguousarray(pixel_values, np.float32)).to(self.device)
+        self.transfers.host_to_device += px.numel() * px.element_size()
+        return self.backend.vision(px)
 
-    def embed(self, ids) -> torch.Tensor:
-        return torch.from_numpy(self.pipeline.embeddings[list(ids)][None])
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        table = self.pipeline.embeddings
+        return table.index_select(0, ids.reshape(-1)).reshape(*ids.shape, table.shape[1])
 
-    def empty_past(self, start: int, end: int) -> list[np.ndarray]:
-        return self.pipeline._empty_past(range(start, end))
+    def empty_past(self, start: int, end: int, batch: int) -> list[torch.Tensor]:
+        dtype = self.pipeline.embeddings.dtype
+        return [torch.empty((batch, *self._kv_shape), dtype=dtype, device=self.device) for _ in range(start, end) for _ in range(2)]
 
-    def past_bytes(self, past: list[np.ndarray]) -> int:
-        return int(sum(a.nbytes for a in past))
+    def past_bytes(self, past: list[torch.Tensor]) -> int:
+        return int(sum(t.numel() * t.element_size() for t in past))
 
-    def prefix(self, embeds, positions, vision_start, past):
-        hidden, present, scores = self.backend.prefix(_host(embeds), _host(positions), vision_start, past)
-        return torch.from_numpy(hidden), present, torch.from_numpy(np.ascontiguousarray(scores))
+    def take_rows(self, past: list[torch.Tensor], rows: torch.Tensor) -> list[torch.Tensor]:
+        return [t.index_select(0, rows) for t in past]
 
-    def suffix(self, hidden, positions, past):
-        return self.backend.suffix(_host(hidden), _host(positions), past)
+    def prefix(self, embeds, positions, vision_start, pad, past):
+        return self.backend.prefix(embeds, positions, vision_start, pad, past)
+
+    def suffix(self, hidden, positions, pad, past):
+        return self.backend.suffix(hidden, positions, pad, past)
 
 
-def _host(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.numpy())
+def _numpy(v):
+    if isinstance(v, torch.Tensor):
+        return v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+    if isinstance(v, list):
+        return [_numpy(x) for x in v]
+    return v

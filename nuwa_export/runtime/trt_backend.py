@@ -2,23 +2,23 @@
 
 Sidecars are read and checked before any engine is touched (TensorRT version, compute
 capability, engine and plugin sha256); the plugin library is loaded before deserialising.
-Device memory is handled with torch CUDA tensors; each LLM engine gets one execution context
-per optimisation profile (0 prefill, 1 decode).
+Device memory is torch CUDA tensors that the session keeps from prefill to the last token: inputs
+are bound by address (``set_tensor_address``), outputs allocated on the GPU from the manifest's
+contract (:func:`~nuwa_export.runtime.backend.output_specs`, checked against the shapes TensorRT
+infers) and returned without a copy, so each present KV is the next call's past where it lies.
+Each LLM engine gets one execution context per optimisation profile (0 prefill, 1 decode).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from nuwa_export.build import sidecar as sc
 from nuwa_export.build.builder import ENGINES_DIR, plugin_library
 from nuwa_export.build.engine import import_tensorrt, load_plugin_library
 from nuwa_export.errors import NuwaError
-from nuwa_export.export.llm import kv_names
 from nuwa_export.export.manifest import Manifest
-from nuwa_export.runtime.backend import Backend
+from nuwa_export.runtime.backend import Backend, output_specs
 
 
 def vision_graph(engines: Path) -> str:
@@ -51,6 +51,21 @@ def checked_sidecars(directory: Path, plugin_lib: str | Path | None = None, comp
     return trt, sidecars, env
 
 
+def choose_profile(graph: str, shapes: dict[str, tuple[int, ...]]) -> int:
+    """The optimisation profile for these input shapes: vision 0; LLM graphs 0 (prefill: no past)
+    or 1 (decode: one new token over a past), as ``export/profiles.py`` builds them."""
+    if graph.startswith("vision"):
+        return 0
+    first = "inputs_embeds" if graph == "llm_prefix" else "hidden_states"
+    seq = shapes[first][1]
+    past = next(v[2] for k, v in shapes.items() if k.startswith("past_"))
+    if past == 0:
+        return 0
+    if seq == 1:
+        return 1
+    raise NuwaError(f"{graph}: {seq} new tokens over a past of {past} fits neither engine profile (prefill or one-token decode)")
+
+
 _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32", "BOOL": "bool"}
 
 
@@ -60,6 +75,7 @@ class TrtBackend(Backend):
     def __init__(self, directory: Path, manifest: Manifest, device: str = "auto", plugin_lib: str | Path | None = None) -> None:
         import torch
 
+        super().__init__(manifest)
         trt, sidecars, env = checked_sidecars(directory, plugin_lib)  # before anything else
         if device == "cpu":
             raise NuwaError("the trt backend runs on a CUDA GPU; use --backend ort for the CPU")
@@ -82,64 +98,45 @@ class TrtBackend(Backend):
                 raise NuwaError(f"TensorRT could not load {s.engine_file}; rebuild on this machine: nuwa-build {directory}")
             self.engines["vision" if graph.startswith("vision") else graph] = engine
         self.contexts = {name: [self._context(e, i) for i in range(e.num_optimization_profiles)] for name, e in self.engines.items()}
-        layer, n = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
-        self._prefix_past, self._suffix_past = kv_names("past", range(layer)), kv_names("past", range(layer, n))
+        self.device = torch.device("cuda", torch.cuda.current_device())
 
     def _context(self, engine, profile: int):
         ctx = engine.create_execution_context()
         ctx.set_optimization_profile_async(profile, self.stream.cuda_stream)
         return ctx
 
-    def _run(self, name: str, profile: int, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        torch, engine = self.torch, self.engines[name]
-        ctx = self.contexts[name][profile]
-        keep = []  # device buffers must outlive the launch
+    def run(self, graph: str, inputs: dict) -> list:
+        torch = self.torch
+        engine = self.engines["vision" if graph.startswith("vision") else graph]
+        shapes = {k: tuple(v.shape) for k, v in inputs.items()}
+        ctx = self.contexts[graph][choose_profile(graph, shapes)]
+        held = []  # converted inputs must outlive the launch
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # inputs written by torch
         with torch.cuda.stream(self.stream):
-            for key, array in inputs.items():
+            for key, t in inputs.items():
                 want = getattr(torch, _DTYPES[engine.get_tensor_dtype(key).name])  # the engine's type decides
-                t = torch.from_numpy(np.ascontiguousarray(array)).cuda(non_blocking=False).to(want)
-                keep.append(t)
+                t = t.to(self.device, want).contiguous()  # on the device already: a no-op unless the type differs
+                held.append(t)
                 ctx.set_input_shape(key, tuple(t.shape))
                 ctx.set_tensor_address(key, self._address(t))
             outputs = []
-            for i in range(engine.num_io_tensors):
-                key = engine.get_tensor_name(i)
-                if engine.get_tensor_mode(key) != self.trt.TensorIOMode.OUTPUT:
-                    continue
-                shape = tuple(ctx.get_tensor_shape(key))
-                dtype = getattr(torch, _DTYPES[engine.get_tensor_dtype(key).name])
-                t = torch.empty(shape, dtype=dtype, device="cuda")
+            for spec in output_specs(self.manifest, graph, shapes):
+                trt_shape = tuple(ctx.get_tensor_shape(spec.name))
+                if trt_shape != spec.shape:
+                    raise NuwaError(f"TensorRT's {graph} engine makes {spec.name} {list(trt_shape)}, the export's contract {list(spec.shape)}; rebuild with nuwa-build")
+                t = torch.empty(spec.shape, dtype=getattr(torch, _DTYPES[engine.get_tensor_dtype(spec.name).name]), device=self.device)
                 outputs.append(t)
-                ctx.set_tensor_address(key, self._address(t))
+                ctx.set_tensor_address(spec.name, self._address(t))
             if not ctx.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError(f"TensorRT failed to run the {name} engine")
-        self.stream.synchronize()
-        # float16 KV stays float16 (it is fed back as the next past); NumPy has no bfloat16
-        return [(t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy() for t in outputs]
+                raise NuwaError(f"TensorRT failed to run the {graph} engine")
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)  # later torch work sees the outputs
+        return outputs
 
     def _address(self, t) -> int:
         if t.numel() == 0:  # empty past: TensorRT still wants a valid address
             spare = self._spare.setdefault(t.dtype, self.torch.empty(1, dtype=t.dtype, device="cuda"))
             return spare.data_ptr()
         return t.data_ptr()
-
-    def vision(self, pixel_values):
-        tokens, idx = self._run("vision", 0, {"pixel_values": pixel_values})
-        return tokens, idx
-
-    def prefix(self, inputs_embeds, position_ids, vision_start, past):
-        profile = 1 if inputs_embeds.shape[1] == 1 and past[0].shape[2] > 0 else 0
-        feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "vision_start": np.array([vision_start], np.int64)}
-        feeds.update(zip(self._prefix_past, past))
-        out = self._run("llm_prefix", profile, feeds)
-        return out[0], out[1:-1], out[-1]
-
-    def suffix(self, hidden, position_ids, past):
-        profile = 1 if hidden.shape[1] == 1 and past[0].shape[2] > 0 else 0
-        feeds = {"hidden_states": hidden, "position_ids": position_ids}
-        feeds.update(zip(self._suffix_past, past))
-        out = self._run("llm_suffix", profile, feeds)
-        return out[0], out[1:]
 
     def close(self) -> None:
         self.contexts, self.engines = {}, {}

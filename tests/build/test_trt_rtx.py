@@ -66,5 +66,19 @@ def test_llm_graphs_build_with_prefill_and_decode_profiles(demo_export, graph):
     first = "inputs_embeds" if graph == "llm_prefix" else "hidden_states"
     assert prefill.shapes["past_key_" + str(0 if graph == "llm_prefix" else m.budgets.stage_two_layer)][2][2] == 0
     assert decode.shapes[first][0][1] == decode.shapes[first][2][1] == 1
+    # batched: every per-row input spans 1 .. max_batch requests in both profiles
+    per_row = ["position_ids", "pad_lengths", *(["vision_start"] if graph == "llm_prefix" else [])]
+    for profile in profiles:
+        for name in (first, *per_row):
+            assert profile.shapes[name][0][0] == 1 and profile.shapes[name][2][0] == m.max_batch == 8, (name, profile.shapes[name])
+    assert decode.shapes[first][1][0] == 8  # decode is built for full batches
     plan = build_engine(demo_export / m.graphs[graph].file, profiles, builder="tensorrt-rtx")
     assert len(plan) > 10_000
+    from tests.helpers import cuda_device_count
+
+    if cuda_device_count():  # TensorRT for RTX builds without a GPU but deserialises only with one
+        from nuwa_export.build.engine import import_tensorrt
+
+        trt = import_tensorrt("tensorrt-rtx")
+        engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
+        assert tuple(engine.get_tensor_profile_shape("pad_lengths", 1)[2]) == (8,)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from nuwa_export.cli import export_main, run_main, verify_main
 from nuwa_export.export import manifest as mf
@@ -117,26 +118,26 @@ class _Skewed(Backend):
     name = "skewed"
 
     def __init__(self, inner: Backend, *, positions: int = 0, noise: float = 0.0, suffix_noise: float = 0.0) -> None:
-        self.inner, self.positions, self.noise, self.suffix_noise = inner, positions, noise, suffix_noise
+        super().__init__(inner.manifest)
+        self.inner, self.device = inner, inner.device
+        self.positions, self.noise, self.suffix_noise = positions, noise, suffix_noise
 
-    def vision(self, pixel_values):
-        return self.inner.vision(pixel_values)
-
-    def prefix(self, inputs_embeds, position_ids, vision_start, past):
-        if self.positions and position_ids.shape[1] > 1:  # the text after the image one position late
-            position_ids = position_ids.copy()
-            position_ids[:, vision_start + 1 :] += self.positions
-        hidden, present, scores = self.inner.prefix(inputs_embeds, position_ids, vision_start, past)
-        if self.noise:
-            rms = float(np.sqrt(np.mean(np.square(hidden.astype(np.float64)))))
-            hidden = (hidden + np.random.default_rng(0).normal(0, self.noise * rms, hidden.shape)).astype(hidden.dtype)
-        return hidden, present, scores
-
-    def suffix(self, hidden, position_ids, past):
-        logits, present = self.inner.suffix(hidden, position_ids, past)
-        if self.suffix_noise:
-            logits = logits + self.suffix_noise * float(np.abs(logits).max()) * np.random.default_rng(1).standard_normal(logits.shape).astype(logits.dtype)
-        return logits, present
+    def run(self, graph, inputs):
+        if graph == "llm_prefix" and self.positions and inputs["position_ids"].shape[1] > 1:
+            pos = inputs["position_ids"].clone()  # the text after the image one position late
+            pos[:, int(inputs["vision_start"][0]) + 1 :] += self.positions
+            inputs = {**inputs, "position_ids": pos}
+        out = self.inner.run(graph, inputs)
+        if graph == "llm_prefix" and self.noise:
+            hidden = out[0]
+            rms = float(hidden.double().square().mean().sqrt())
+            noise = np.random.default_rng(0).normal(0, self.noise * rms, tuple(hidden.shape))
+            out[0] = (hidden.double() + torch.from_numpy(noise)).to(hidden.dtype)
+        if graph == "llm_suffix" and self.suffix_noise:
+            logits = out[0]
+            noise = np.random.default_rng(1).standard_normal(tuple(logits.shape)).astype(np.float32)
+            out[0] = logits + self.suffix_noise * float(logits.abs().max()) * torch.from_numpy(noise)
+        return out
 
 
 @pytest.mark.parametrize(

@@ -290,7 +290,7 @@ def test_outputs_are_written_atomically_and_replace_old_files(demo_export, tmp_p
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(report.read_text())["schema_version"] == 1
+    assert json.loads(report.read_text())["schema_version"] == 2
     assert shown.read_bytes()[:4] == chart.read_bytes()[:4] == b"\x89PNG"
     stale = [f".{p.name}.tmp" for p in (shown, report, chart)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["kept.png", "prof.json", "prof.png", *stale])

@@ -62,24 +62,27 @@ def test_random_checkpoints_match_reference(checkpoint_factory, tmp_path, seed, 
     noise = Image.fromarray(rng.integers(0, 256, (150, 260, 3), dtype=np.uint8))
     _assert_matches(pipeline, reference, noise, "How many people are in the image?")
     _assert_matches(pipeline, reference, ckpt / "example.png", "Describe the picture.")
+    # a mixed batch gives, row for row, what each request gives alone, on both runners
+    from tests.runtime.test_batched_generation import assert_rows_as_alone, mixed_requests
+
+    example = Image.open(ckpt / "example.png").convert("RGB")
+    for runner in (pipeline, reference):
+        assert_rows_as_alone(runner, mixed_requests(example, noise), batch_size=4)
 
 
 class Recording(Backend):
     """Wraps a backend and records the past lengths each graph sees."""
 
     def __init__(self, inner):
-        self.inner, self.name, self.calls = inner, inner.name, []
+        super().__init__(inner.manifest)
+        self.inner, self.name, self.device, self.calls = inner, inner.name, inner.device, []
 
-    def vision(self, pixel_values):
-        return self.inner.vision(pixel_values)
-
-    def prefix(self, inputs_embeds, position_ids, vision_start, past):
-        self.calls.append(("prefix", inputs_embeds.shape[1], past[0].shape[2], position_ids[0].tolist()))
-        return self.inner.prefix(inputs_embeds, position_ids, vision_start, past)
-
-    def suffix(self, hidden, position_ids, past):
-        self.calls.append(("suffix", hidden.shape[1], past[0].shape[2], position_ids[0].tolist()))
-        return self.inner.suffix(hidden, position_ids, past)
+    def run(self, graph, inputs):
+        if graph != "vision":
+            first = inputs["inputs_embeds" if graph == "llm_prefix" else "hidden_states"]
+            past = next(v for k, v in inputs.items() if k.startswith("past_"))
+            self.calls.append((graph.removeprefix("llm_"), first.shape[1], past.shape[2], inputs["position_ids"][0].tolist()))
+        return self.inner.run(graph, inputs)
 
 
 def test_two_kv_groups_and_spatial_positions(demo_export):

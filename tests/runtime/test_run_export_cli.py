@@ -67,7 +67,12 @@ def broken(demo_export, tmp_path):
             (d / "embeddings.safetensors").unlink()
         elif kind == "newer":
             m = json.loads((d / "manifest.json").read_text())
-            m["schema_version"] = 2
+            m["schema_version"] = 3
+            (d / "manifest.json").write_text(json.dumps(m))
+        elif kind == "older":  # an export from before batched graphs: one scalar vision_start, no max_batch
+            m = json.loads((d / "manifest.json").read_text())
+            m["schema_version"] = 1
+            del m["max_batch"]
             (d / "manifest.json").write_text(json.dumps(m))
         return d
 
@@ -79,7 +84,8 @@ def broken(demo_export, tmp_path):
     [
         ("corrupt", [], "llm_suffix.onnx does not match its sha256"),
         ("missing", [], "embeddings.safetensors is missing from the export"),
-        ("newer", [], "schema_version 2, newer than this nuwa-export reads (1)"),
+        ("newer", [], "schema_version 3, newer than this nuwa-export reads (2)"),
+        ("older", [], "schema_version 1, from an older nuwa-export whose graphs take one request at a time; re-export"),
         ("ok", ["--keep", "8"], "--keep: budgets are fixed when exporting"),
         ("ok", ["--prompt", "word " * 3000], "the model's context is 2048"),
         ("ok", ["--image", "NOTIMAGE"], "cannot read"),
