@@ -22,6 +22,7 @@ import common  # noqa: E402
 #: defaults, written out so that the commands recorded in the README are the ones that ran.
 SCRIPTS = {
     "pruning_pays": ["--runs", "8", "--warmup", "2"],
+    "decode_scaling": ["--runs", "5", "--warmup", "1"],
     "export_vs_eager": ["--runs", "20", "--warmup", "3"],
     "vision_overhead": ["--runs", "5", "--warmup", "1"],
     "scale": ["--sizes", "7b"],

@@ -633,6 +633,9 @@ def part_reference(rec: "Recorder", args, deadline: float) -> None:
                 }
                 del cache, state, pre
                 rec.save()
+            if time.monotonic() < deadline:
+                decode[f"{label}_generate_batch"] = generate_batch_record(torch, device, ref, example_picture(), 16 if not args.tiny else 4)
+                rec.save()
     peaks = [e["memory"].get("cuda_max_allocated_bytes") for e in (*prefill.values(), *decode.values())]
     rec.data["memory"]["peak"] = memory_record(torch, device)
     if device.type == "cuda":
@@ -645,6 +648,41 @@ def part_reference(rec: "Recorder", args, deadline: float) -> None:
         rec.finish("failed", "checks failed: " + "; ".join(bad))
     else:
         rec.finish("ok", None if not exhausted else "time budget reached: fewer runs than planned in " + ", ".join(exhausted))
+
+
+BATCH_PROMPTS = (
+    "What is in the picture?", "Describe the picture in detail, please, with every colour you see.", "Hi",
+    "Where is the red car?", "How many people are there?", "What is the man on the right holding?",
+    "Is it day or night? Answer in one word.", "What colour is the sky?",
+)
+
+
+def generate_batch_record(torch, device, ref, image, new_tokens: int) -> dict:
+    """``Reference.generate_batch`` on 8 requests of different prompt lengths (the runtime's one
+    batched core, left-padded, on the GPU) against each request alone: decode tokens/s and how
+    many rows gave the same tokens and stage indices (float16 kernels differ with the batch size,
+    so a near-tie may flip: recorded, not a failure)."""
+    from nuwa_export.generation import Request
+    from nuwa_export.sampling import SamplingConfig
+
+    cfg = SamplingConfig(max_new_tokens=new_tokens, stop_at_eos=False)
+    requests = [Request(image, p, cfg) for p in BATCH_PROMPTS]
+    ref.generate_batch(requests[:2])  # warm-up
+    reset_peak(torch, device)
+    together = ref.generate_batch(requests)
+    alone = [ref.generate(image, p, cfg) for p in BATCH_PROMPTS]
+    t = together[0].timings_ms
+    return {
+        "what": ("Reference.generate_batch on 8 requests (the prompts in BATCH_PROMPTS, one image) vs each request alone "
+                 "through Reference.generate; greedy, EOS ignored; tokens/s = 8 * 1000 / decode ms per step"),
+        "batch": len(requests), "new_tokens": new_tokens,
+        "time_to_first_token_ms": round(t["time_to_first_token"], 3), "decode_ms_per_step": round(t["decode_per_token"], 3),
+        "tokens_per_s": round(len(requests) * 1000.0 / t["decode_per_token"], 3),
+        "alone_decode_ms_per_step": [round(r.timings_ms["decode_per_token"], 3) for r in alone],
+        "rows_same_tokens": sum(a.generated_ids == b.generated_ids for a, b in zip(alone, together)),
+        "rows_same_stage_indices": sum(a.stage_one_indices == b.stage_one_indices and a.stage_two_indices == b.stage_two_indices for a, b in zip(alone, together)),
+        "memory": memory_record(torch, device),
+    }
 
 
 # ---- part: eager (authors'-style) vs ours -----------------------------------------------------

@@ -102,7 +102,11 @@ def test_quick_run_end_to_end(tmp_path):
         assert entry["logits_finite"]
         for key in ("vision_ms", "prefill_ms"):
             assert entry[key]["n"] >= 1 and positive(entry[key]["median"]) and entry[key]["min"] <= entry[key]["median"]
-    assert set(ref["decode"]) == {"pruned_batch1", "pruned_batch8", "unpruned_batch1", "unpruned_batch8"}
+    assert set(ref["decode"]) == {"pruned_batch1", "pruned_batch8", "unpruned_batch1", "unpruned_batch8", "pruned_generate_batch", "unpruned_generate_batch"}
+    for label in ("pruned", "unpruned"):  # the batched core: in float32 on the CPU every row is as alone
+        g = ref["decode"].pop(f"{label}_generate_batch")
+        assert g["batch"] == 8 and g["rows_same_tokens"] == 8 and g["rows_same_stage_indices"] == 8, g
+        assert positive(g["tokens_per_s"]) and abs(g["tokens_per_s"] - 8000 / g["decode_ms_per_step"]) < 1e-2 * g["tokens_per_s"]
     for key, d in ref["decode"].items():
         assert d["batch"] == (8 if key.endswith("8") else 1) and d["what"]
         assert positive(d["tokens_per_s"]) and d["step_ms"]["n"] >= 1

@@ -116,7 +116,7 @@ def export(
     spec = stage_one_spec(budgets, info.grid, per_region, distance, percentile)
     steps = Steps(progress)
     with steps(f"load checkpoint (LLM in {dtype}, vision in float32)"):
-        loaded = load(info, dtype=dtype, device="cpu", vision_dtype="float32")
+        loaded = load(info, dtype=dtype, device="cpu", vision_dtype="float32", text_attention="eager")
     reference = Reference(loaded, budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile))
     del loaded
 

@@ -135,12 +135,17 @@ def _first_line(e: BaseException) -> str:
 
 
 def load(
-    model: str | CheckpointInfo, *, dtype: str | None = "auto", device: str | None = "auto", vision_dtype: str | None = None
+    model: str | CheckpointInfo, *, dtype: str | None = "auto", device: str | None = "auto", vision_dtype: str | None = None,
+    text_attention: str = "sdpa",
 ) -> LoadedModel:
     """Resolve ``model`` (alias, ``demo``, directory, hub id) and load it for Nüwa.
 
     ``vision_dtype`` puts the vision tower and projector in another dtype than the LLM (exports
     keep them in float32 so that stage one selects exactly what the reference selects).
+    ``text_attention`` is the LLM's attention implementation: ``sdpa`` (fused kernels in torch),
+    or ``eager`` for export: its 4-D ``q @ k^T`` becomes one fused MatMul in ONNX Runtime, where
+    SDPA's traced decomposition copies every cached key through a Transpose each step
+    (``benchmarks/decode_scaling.py``).
     """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -154,7 +159,8 @@ def load(
     hf_logging.set_verbosity_error()  # transformers' load report would be many lines; ours is one
     try:
         net, report = LlavaForConditionalGeneration.from_pretrained(
-            path, dtype=torch_dtype, use_safetensors=True, attn_implementation="sdpa",
+            path, dtype=torch_dtype, use_safetensors=True,
+            attn_implementation={"text_config": text_attention, "vision_config": "sdpa", "": "sdpa"},
             output_loading_info=True, ignore_mismatched_sizes=True,  # refused below, in one line
         )
     except (RuntimeError, ValueError, OSError) as e:

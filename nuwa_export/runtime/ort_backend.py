@@ -1,8 +1,9 @@
 """ONNX Runtime backend: CPU, or CUDA when onnxruntime-gpu and a GPU are present.
 
-Every graph runs through an IOBinding: inputs are bound where their torch tensors live and the
-outputs are allocated on the same device from the manifest's contract and bound before the run,
-so each present KV tensor is bound back as the next past with no copy and no NumPy in between.
+Every graph runs through an IOBinding: inputs are bound where their torch tensors live, outputs
+are allocated by ONNX Runtime on the same device (from its memory arena) and handed to torch
+through DLPack without a copy, then checked against the manifest's contract; each present KV
+tensor is bound back as the next past where it lies, with no NumPy in between.
 """
 
 from __future__ import annotations
@@ -112,15 +113,17 @@ class OrtBackend(Backend):
             t = t.contiguous()
             held.append(t)
             io.bind_input(name, kind, index, _ELEMENT[t.dtype], tuple(t.shape), t.data_ptr())
-        outputs = []
-        for spec in output_specs(self.manifest, graph, {k: tuple(v.shape) for k, v in inputs.items()}):
-            t = torch.empty(spec.shape, dtype=spec.dtype, device=self.device)
-            io.bind_output(spec.name, kind, index, _ELEMENT[spec.dtype], spec.shape, t.data_ptr())
-            outputs.append(t)
+        plan = output_specs(self.manifest, graph, {k: tuple(v.shape) for k, v in inputs.items()})
+        for spec in plan:  # allocated by ONNX Runtime on the device (its arena: no fresh pages every step)
+            io.bind_output(spec.name, kind, index)
         if kind == "cuda":  # torch wrote the inputs on its stream; ORT runs on its own
             torch.cuda.synchronize(self.device)
         try:
             session.run_with_iobinding(io)
         except (*self._errors, RuntimeError) as e:  # run_with_iobinding reports a failed run as RuntimeError
             raise NuwaError(f"ONNX Runtime failed running {self._files[graph]}: {_one_line(e)}") from None
+        outputs = [torch.from_dlpack(v) for v in io.get_outputs()]  # the same memory, viewed by torch (DLPack)
+        for spec, t in zip(plan, outputs):
+            if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
+                raise NuwaError(f"{self._files[graph]} made {spec.name} {list(t.shape)} {t.dtype}, not the export's contract {list(spec.shape)}; re-run nuwa-export")
         return outputs
