@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from nuwa_export import generation
+from nuwa_export.constants import DEFAULT_MAX_BATCH
 from nuwa_export.errors import NuwaError
 from nuwa_export.generation import Batch, Clock, GenerationResult, Layout, Request, Transfers
 from nuwa_export.image import load_image, preprocess
@@ -129,9 +130,10 @@ class Reference:
         return generation.generate(self.stages(), image, prompt, sampling, on_token, trace)
 
     def generate_batch(self, requests: list[Request], batch_size: int | None = None) -> list[GenerationResult]:
-        """Answer ``requests``, ``batch_size`` (default: all) side by side (left-padded, one forward
-        per step for the batch); results in request order, row for row what each gives alone."""
-        return generation.generate_batches(self.stages(), requests, batch_size or max(1, len(requests)))
+        """Answer ``requests``, ``batch_size`` (default 8, as exports) side by side (left-padded,
+        one forward per step for the batch); results in request order, row for row what each
+        gives alone."""
+        return generation.generate_batches(self.stages(), requests, batch_size or DEFAULT_MAX_BATCH)
 
     # ---- what every runner offers (run.py, profile.py, eval) ----------------------------------
     def stages(self) -> TorchStages:

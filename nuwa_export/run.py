@@ -183,7 +183,7 @@ def run_requests(args: argparse.Namespace) -> list:
             except NuwaError as e:
                 raise NuwaError(f"{args.requests} line {line.line}: {e}") from None
         requests = [Request(load_image(line.image), line.prompt, line.sampling) for line in lines]
-        results = runner.generate_batch(requests, args.batch_size or cap or 8)
+        results = runner.generate_batch(requests, args.batch_size)  # default: the export's max_batch (8 for the reference)
     finally:
         runner.close()
     for line, request, result in zip(lines, requests, results):
