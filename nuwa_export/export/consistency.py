@@ -238,33 +238,13 @@ def _shape(dims) -> str:
 
 
 def _expected(m: mf.Manifest) -> dict[str, tuple[list, list]]:
-    """Per graph, (inputs, outputs) as ``(name, dtype, dims)``; a dim is None (any, e.g. batch),
-    an int, or ``(int, "manifest field")``; a dtype is a str or ``(str, "manifest field")``."""
-    b, llm = m.budgets, m.llm
-    L, N = b.stage_two_layer, llm.num_layers
-    s = (m.preprocessing["size"], "preprocessing.size")
-    k1 = (b.stage_one_keep, "budgets.stage_one_keep")
-    d = (llm.hidden_size, "llm.hidden_size")
-    heads, hd = (llm.num_kv_heads, "llm.num_kv_heads"), (llm.head_dim, "llm.head_dim")
-    t = (llm.dtype, "llm.dtype")
+    """Per graph, (inputs, outputs) the export's model family declares (its adapter's ``graph_io``)."""
+    from nuwa_export.models.families import families
 
-    def kv(kind, layers):
-        return [(f"{kind}_{w}_{i}", t, [None, heads, None, hd]) for i in layers for w in ("key", "value")]
-
-    vision = (
-        [("pixel_values", "float32", [None, 3, s, s])],
-        [("image_tokens", "float32", [None, k1, d]), ("patch_indices", "int64", [None, k1])],
-    )
-    prefix = (
-        [("inputs_embeds", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("vision_start", "int64", [None]),
-         ("pad_lengths", "int64", [None]), *kv("past", range(L))],
-        [("hidden_states", t, [None, None, d]), *kv("present", range(L)), ("stage_two_scores", "float32", [None, k1])],
-    )
-    suffix = (
-        [("hidden_states", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("pad_lengths", "int64", [None]), *kv("past", range(L, N))],
-        [("logits", "float32", [None, (llm.vocab_size, "llm.vocab_size")]), *kv("present", range(L, N))],
-    )
-    return {"vision": vision, "vision_plugin": vision, "llm_prefix": prefix, "llm_suffix": suffix}
+    known = families()
+    if m.family not in known:
+        _fail(f"manifest.json: family '{m.family}' is not a model family this nuwa-export knows ({', '.join(sorted(known))})")
+    return known[m.family].graph_io(m)
 
 
 def _compare(m: mf.Manifest, graph: str, file: str, side: str, got: list[mf.TensorSpec], want: list) -> None:

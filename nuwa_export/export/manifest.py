@@ -76,6 +76,7 @@ class LlmInfo:
 class Manifest:
     schema_version: int
     nuwa_export_version: str
+    family: str  # the model family adapter (nuwa_export.models.families) that exported it
     model: ModelInfo
     budgets: BudgetInfo
     grid: list[int]

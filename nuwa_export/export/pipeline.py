@@ -213,6 +213,7 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
     from nuwa_export.export.llm import LlmShapes
     from nuwa_export.export.profiles import llm_profiles, vision_profiles
     from nuwa_export.export.trtexec import script
+    from nuwa_export.models.families import family_for
     from nuwa_export.models.loader import weight_files
 
     parts = loaded.parts
@@ -234,6 +235,7 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
     manifest = mf.Manifest(
         schema_version=MANIFEST_SCHEMA_VERSION,
         nuwa_export_version=__version__,
+        family=family_for(parts.config).name,
         model=mf.ModelInfo(loaded.model_id, {p.name: mf.sha256_file(p) for p in weight_files(loaded.path)}),
         budgets=mf.BudgetInfo(
             budgets.keep, budgets.k1, budgets.k2, budgets.layer, budgets.num_layers, budgets.prune,

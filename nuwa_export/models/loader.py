@@ -10,7 +10,8 @@ import torch
 from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
 from nuwa_export.image import ImageConfig
-from nuwa_export.models.llava import LlavaParts, check_config
+from nuwa_export.models.families import family_for
+from nuwa_export.models.llava import LlavaParts
 from nuwa_export.models.registry import resolve
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -118,11 +119,21 @@ def inspect_checkpoint(model: str) -> CheckpointInfo:
     check_utf8_path(path, "checkpoint")  # tokenizers and safetensors open only UTF-8 paths
     if not (path / "config.json").is_file():
         raise NuwaError(f"{path} has no config.json; is it an HF checkpoint directory?")
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # notes about configs of other families would be lines of their own
     try:
-        config = AutoConfig.from_pretrained(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = AutoConfig.from_pretrained(path)
     except Exception as e:  # a user's file: transformers and huggingface_hub raise many types for it
         raise NuwaError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from None
-    check_config(config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    family_for(config).check_config(config)  # an unknown model_type, or a config the family cannot take
     check_weight_files(weight_files(path))
     check_tokenizer_files(path)
     return CheckpointInfo(path, model_id, config)

@@ -1,0 +1,58 @@
+"""LLaVA-1.5 (Llama LLM, CLIP tower with a class token, one square grid) on the family seam."""
+
+from __future__ import annotations
+
+from nuwa_export.eval import grounding
+from nuwa_export.models.families import Family, Grounding, register
+
+
+def graph_io(m) -> dict[str, tuple[list, list]]:
+    """Per graph, (inputs, outputs) as ``(name, dtype, dims)``; a dim is None (any, e.g. batch),
+    an int, or ``(int, "manifest field")``; a dtype is a str or ``(str, "manifest field")``."""
+    b, llm = m.budgets, m.llm
+    L, N = b.stage_two_layer, llm.num_layers
+    s = (m.preprocessing["size"], "preprocessing.size")
+    k1 = (b.stage_one_keep, "budgets.stage_one_keep")
+    d = (llm.hidden_size, "llm.hidden_size")
+    heads, hd = (llm.num_kv_heads, "llm.num_kv_heads"), (llm.head_dim, "llm.head_dim")
+    t = (llm.dtype, "llm.dtype")
+
+    def kv(kind, layers):
+        return [(f"{kind}_{w}_{i}", t, [None, heads, None, hd]) for i in layers for w in ("key", "value")]
+
+    vision = (
+        [("pixel_values", "float32", [None, 3, s, s])],
+        [("image_tokens", "float32", [None, k1, d]), ("patch_indices", "int64", [None, k1])],
+    )
+    prefix = (
+        [("inputs_embeds", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("vision_start", "int64", [None]),
+         ("pad_lengths", "int64", [None]), *kv("past", range(L))],
+        [("hidden_states", t, [None, None, d]), *kv("present", range(L)), ("stage_two_scores", "float32", [None, k1])],
+    )
+    suffix = (
+        [("hidden_states", t, [None, None, d]), ("position_ids", "int64", [None, None]), ("pad_lengths", "int64", [None]), *kv("past", range(L, N))],
+        [("logits", "float32", [None, (llm.vocab_size, "llm.vocab_size")]), *kv("present", range(L, N))],
+    )
+    return {"vision": vision, "vision_plugin": vision, "llm_prefix": prefix, "llm_suffix": suffix}
+
+
+def _check_config(config) -> None:
+    from nuwa_export.models.llava import check_config
+
+    check_config(config)
+
+
+def _build_prompt(tokenizer, text: str, image_token_id: int):
+    from nuwa_export.prompt import build_prompt
+
+    return build_prompt(tokenizer, text, image_token_id)
+
+
+LLAVA = register(Family(
+    name="llava",
+    model_types=("llava",),
+    check_config=_check_config,
+    build_prompt=_build_prompt,
+    grounding=Grounding(grounding.question, grounding.parse_box, grounding.to_pixels),
+    graph_io=graph_io,
+))

@@ -1,0 +1,75 @@
+"""The model-family seam: adapters registered by ``model_type``; code outside ``models/`` asks them."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import types
+from pathlib import Path
+
+import pytest
+
+import nuwa_export
+from nuwa_export.errors import NuwaError
+from nuwa_export.export import manifest as mf
+from nuwa_export.models.families import families, family_for, family_named
+
+from tests.helpers import BIN, assert_one_line
+
+PACKAGE = Path(nuwa_export.__file__).parent
+
+
+def test_llava_is_registered_by_its_model_type():
+    assert set(families()) == {"llava"}
+    assert family_for(types.SimpleNamespace(model_type="llava")) is family_named("llava")
+    with pytest.raises(NuwaError, match=r"unsupported checkpoint: model_type 'qwen2_5_vl' \(supported: llava\)"):
+        family_for(types.SimpleNamespace(model_type="qwen2_5_vl"))
+    with pytest.raises(NuwaError, match="model family 'nope' is not one this nuwa-export knows"):
+        family_named("nope")
+
+
+def test_no_model_type_comparison_outside_models():
+    """A second family adds an adapter, not branches across the package."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if (PACKAGE / "models") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                names = {n.attr if isinstance(n, ast.Attribute) else getattr(n, "id", None) for n in ast.walk(node)}
+                consts = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant)}
+                if "model_type" in names or consts & {"llava", "qwen2_5_vl"}:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not found, found
+
+
+def test_the_export_records_its_family_and_its_graphs_follow_the_adapter(demo_export):
+    m = mf.read(demo_export)
+    assert m.family == "llava"
+    declared = family_named("llava").graph_io(m)
+    for graph, spec in m.graphs.items():
+        assert [t.name for t in spec.inputs] == [w[0] for w in declared[graph][0]], graph
+        assert [t.name for t in spec.outputs] == [w[0] for w in declared[graph][1]], graph
+
+
+def test_unknown_family_in_a_manifest_is_one_line(demo_export, tmp_path):
+    d = tmp_path / "exp"
+    shutil.copytree(demo_export, d)
+    data = json.loads((d / "manifest.json").read_text())
+    data["family"] = "qwen2_5_vl"
+    (d / "manifest.json").write_text(json.dumps(data))
+    proc = subprocess.run([str(BIN / "nuwa-run"), str(d), "--prompt", "hi"], capture_output=True, text=True, timeout=120)
+    assert_one_line("nuwa-run", proc.returncode, proc.stderr, "family 'qwen2_5_vl' is not a model family this nuwa-export knows (llava)")
+
+
+def test_unsupported_checkpoint_is_one_line(demo_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(demo_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["model_type"] = "idefics2"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([str(BIN / "nuwa-export"), "--model", str(ckpt), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert_one_line("nuwa-export", proc.returncode, proc.stderr, "unsupported checkpoint: model_type 'idefics2'")
+    assert not (tmp_path / "out").exists()
