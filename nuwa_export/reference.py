@@ -151,6 +151,13 @@ class Reference:
     def grid(self) -> tuple[int, int]:
         return tuple(self.parts.grid)
 
+    @property
+    def family(self):
+        """The model family adapter of the loaded checkpoint (prompt template, grounding format)."""
+        from nuwa_export.models.families import family_for
+
+        return family_for(self.parts.config)
+
     def stage_one_pillars(self, image, stage_one_indices: list[int]) -> list[bool] | None:
         """Which stage-one anchors are pillars (stage one run again, deterministically), or None
         when pruning is off or the indices are not this model's."""
@@ -187,6 +194,7 @@ class TorchStages:
         self.image_token_id = reference.loaded.image_token_id
         self.max_positions = self.parts.config.text_config.max_position_embeddings
         self.eos_token_ids = reference.eos_ids()
+        self.family = reference.family
         self.device = self.parts.device
         self.transfers = Transfers()
 

@@ -26,7 +26,7 @@ MAX_LINES = 100_000
 class FileRequest:
     line: int
     image: Path
-    prompt: str  # the question asked (the grounding question for ``ground``)
+    prompt: str  # the question asked ("" for ``ground`` until the model family words its grounding question)
     ground: str | None
     sampling: SamplingConfig
 
@@ -55,7 +55,6 @@ def _text(value, key: str, where: str) -> str:
 def read_requests(path: str | Path, defaults: SamplingConfig) -> list[FileRequest]:
     """Every request of ``path``, each line checked (keys, types, sampling ranges, the image's
     header); raises :class:`NuwaError` naming the first bad line."""
-    from nuwa_export.eval import grounding
     from nuwa_export.image import image_size
 
     path = Path(path)
@@ -90,7 +89,7 @@ def read_requests(path: str | Path, defaults: SamplingConfig) -> list[FileReques
             raise NuwaError(f"{where}: no \"prompt\" (or \"ground\")")
         if ground is not None and "prompt" in data:
             raise NuwaError(f"{where}: give \"prompt\" or \"ground\", not both")
-        prompt = grounding.question(ground) if ground is not None else _text(data["prompt"], "prompt", where)
+        prompt = "" if ground is not None else _text(data["prompt"], "prompt", where)  # ground: the family words it
         try:
             sampling = SamplingConfig(
                 _int(data.get("max_new_tokens", defaults.max_new_tokens), "max_new_tokens", where),

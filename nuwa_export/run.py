@@ -99,8 +99,6 @@ def build_runner(args: argparse.Namespace, need_image: bool = True):
 
 def run(args: argparse.Namespace):
     """Run one question and print it (text, or one JSON object with ``--json``)."""
-    from nuwa_export.eval import grounding
-
     if args.requests:
         return run_requests(args)
     if args.batch_size is not None:
@@ -122,8 +120,8 @@ def run(args: argparse.Namespace):
 
         check_text(args.ground, "--ground")
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    prompt = grounding.question(args.ground) if args.ground else args.prompt
     runner, image, model_id, backend = build_runner(args)
+    prompt = runner.family.grounding.question(args.ground) if args.ground else args.prompt  # the family's own wording
     streamer = _Streamer(runner.tokenizer) if args.stream and not args.json else None
     try:
         result = runner.generate(image, prompt, sampling, on_token=streamer)
@@ -157,7 +155,8 @@ SINGLE_REQUEST_FLAGS = ("image", "prompt", "ground", "draw", "show_tokens", "str
 def run_requests(args: argparse.Namespace) -> list:
     """``--requests FILE``: every line checked first, then answered ``--batch-size`` at a time;
     with ``--json`` one JSON object per request, in file order."""
-    from nuwa_export.eval import grounding
+    from dataclasses import replace
+
     from nuwa_export.generation import Request
     from nuwa_export.image import load_image
     from nuwa_export.requests_file import read_requests
@@ -177,6 +176,8 @@ def run_requests(args: argparse.Namespace) -> list:
         stages = runner.stages()
         from nuwa_export.generation import layout_for
 
+        ground = runner.family.grounding
+        lines = [replace(line, prompt=ground.question(line.ground)) if line.ground is not None else line for line in lines]
         for line in lines:  # prompts that do not fit are refused with their line, before any work
             try:
                 layout_for(stages, line.prompt, line.sampling.max_new_tokens)
@@ -189,8 +190,8 @@ def run_requests(args: argparse.Namespace) -> list:
     for line, request, result in zip(lines, requests, results):
         record = result.to_json()
         if line.ground is not None:
-            box = grounding.parse_box(result.text)
-            px = grounding.to_pixels(box, request.image.width, request.image.height, runner.image_config) if box else None
+            box = ground.parse(result.text)
+            px = ground.to_pixels(box, request.image.width, request.image.height, runner.image_config) if box else None
             record.update(ground=line.ground, box=list(box) if box else None, box_pixels=list(px) if px else None)
         if args.json:
             print(json.dumps(record))
@@ -244,14 +245,15 @@ def _ground(args, image, text: str, runner) -> dict:
     from nuwa_export.eval import grounding
 
     cfg = runner.image_config
-    box = grounding.parse_box(text)
+    ground = runner.family.grounding
+    box = ground.parse(text)
     out = {"ground": args.ground, "box": list(box) if box else None, "box_pixels": None}
     if box is None:
         print("nuwa-run: warning: the answer has no [x1, y1, x2, y2] box", file=sys.stderr)
         if args.draw:
             print(f"nuwa-run: warning: nothing drawn, {args.draw} not written", file=sys.stderr)
         return out
-    px = grounding.to_pixels(box, image.width, image.height, cfg)
+    px = ground.to_pixels(box, image.width, image.height, cfg)
     out["box_pixels"] = list(px)
     if args.draw:
         grounding.draw(image, px, args.draw, args.ground)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nuwa_export.prompt import Prompt, build_prompt, check_context
+from nuwa_export.prompt import Prompt, check_context
 from nuwa_export.pruning import decode_position, position_ids, stage_two_rows
 
 
@@ -113,7 +113,7 @@ class _Taken(Batch):
 
 def layout_for(stages, text: str, max_new_tokens: int) -> Layout:
     """Tokenise ``text`` around the image and check it fits the context (refused with NuwaError)."""
-    prompt = build_prompt(stages.tokenizer, text, stages.image_token_id)
+    prompt = stages.family.build_prompt(stages.tokenizer, text, stages.image_token_id)
     stages.check_prompt(prompt)
     check_context(prompt, stages.budgets.num_patches, max_new_tokens, stages.max_positions)
     return Layout(prompt, stages.budgets.num_patches)

@@ -32,6 +32,7 @@ class Stages(Protocol):
     eos_token_ids: set[int]
     device: torch.device
     transfers: Transfers
+    family: Any  # the model family adapter (nuwa_export.models.families.Family): prompt template, grounding
 
     def clock(self) -> Clock:
         """A fresh per-stage clock (synchronising the device if it runs asynchronously)."""

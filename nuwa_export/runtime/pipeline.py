@@ -58,6 +58,13 @@ class Pipeline:
         self.embeddings = self.embeddings.to(self.backend.device)  # token ids are looked up where the engine runs
 
     @property
+    def family(self):
+        """The model family adapter the export names (prompt template, grounding format)."""
+        from nuwa_export.models.families import family_named
+
+        return family_named(self.manifest.family)
+
+    @property
     def max_batch(self) -> int:
         return self.manifest.max_batch
 
@@ -119,6 +126,7 @@ class EngineStages:
         self.max_positions = llm.max_positions
         self.eos_token_ids = set(llm.eos_token_ids)
         self.vocab_size = llm.vocab_size
+        self.family = pipeline.family
         self.transfers = Transfers()
         self._kv_shape = (llm.num_kv_heads, 0, llm.head_dim)
 
