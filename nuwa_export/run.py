@@ -158,7 +158,7 @@ def run_requests(args: argparse.Namespace) -> list:
     from dataclasses import replace
 
     from nuwa_export.generation import Request
-    from nuwa_export.image import load_image
+    from nuwa_export.image import image_size
     from nuwa_export.requests_file import read_requests
 
     given = [f"--{f.replace('_', '-')}" for f in SINGLE_REQUEST_FLAGS if getattr(args, f, None)]
@@ -183,15 +183,15 @@ def run_requests(args: argparse.Namespace) -> list:
                 layout_for(stages, line.prompt, line.sampling.max_new_tokens)
             except NuwaError as e:
                 raise NuwaError(f"{args.requests} line {line.line}: {e}") from None
-        requests = [Request(load_image(line.image), line.prompt, line.sampling) for line in lines]
+        requests = [Request(line.image, line.prompt, line.sampling) for line in lines]  # decoded batch by batch, not all at once
         results = runner.generate_batch(requests, args.batch_size)  # default: the export's max_batch (8 for the reference)
     finally:
         runner.close()
-    for line, request, result in zip(lines, requests, results):
+    for line, result in zip(lines, results):
         record = result.to_json()
         if line.ground is not None:
             box = ground.parse(result.text)
-            px = ground.to_pixels(box, request.image.width, request.image.height, runner.image_config) if box else None
+            px = ground.to_pixels(box, *image_size(line.image, str(line.image)), runner.image_config) if box else None
             record.update(ground=line.ground, box=list(box) if box else None, box_pixels=list(px) if px else None)
         if args.json:
             print(json.dumps(record))
