@@ -304,6 +304,10 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=user_path, metavar="MODEL", help="the unpruned model for retention (default: the checkpoint itself, or the one the export came from)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unpruned run (no retention)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    p.add_argument(
+        "--batch-size", type=int, default=1, metavar="N",
+        help="samples answered side by side (default 1; at most the export's max_batch); the answers are the same at any size",
+    )
     p.add_argument("--out", type=user_path, metavar="DIR", help="results folder (default eval/TASK-MODEL-BACKEND); a rerun resumes it")
     p.add_argument("--force", action="store_true", help="start over in an --out that holds a run with other settings")
     p.add_argument("--box-convention", choices=["lmms-eval", "padded"], default="lmms-eval", help="grounding: the answer box is in 0-1 of the original image (lmms-eval, default) or of the padded square")

@@ -107,9 +107,9 @@ def _open(run: runner.Run, spinner: bool):
         return run.open()
 
 
-def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task: Task, sampling, progress, started, model=None) -> None:
-    """Answer ``todo`` with ``run``'s model (``model``: already open); ``started()`` is called
-    before the first answer is saved."""
+def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task: Task, sampling, progress, started, model=None, batch_size: int = 1) -> None:
+    """Answer ``todo`` with ``run``'s model (``model``: already open), ``batch_size`` samples side
+    by side; ``started()`` is called before the first answer is saved."""
     bar = progress.add_task(run.label, total=total, completed=total - len(todo))
     if not todo:
         return
@@ -117,18 +117,28 @@ def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task:
         model = run.open()
     out = None
     try:
-        for i in todo:
-            sample = data.samples[i]
-            image = data.image(i)  # a broken image names its sample
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            samples = []
+            for i in chunk:
+                image = data.image(i)  # a broken image names its sample
+                prompt = task.prompt(data.samples[i].text, FAMILY)
+                try:
+                    runner.check_prompt(model, prompt, sampling)
+                except NuwaError as e:
+                    raise NuwaError(f"{run.label}, sample {i}: {e}") from None
+                samples.append((image, prompt))
             try:
-                rec = runner.answer(model, image, task.prompt(sample.text, FAMILY), sampling)
+                recs = runner.answer_batch(model, samples, sampling)
             except NuwaError as e:
-                raise NuwaError(f"{run.label}, sample {i}: {e}") from None
+                where = f"sample {chunk[0]}" if len(chunk) == 1 else f"samples {chunk[0]}-{chunk[-1]}"
+                raise NuwaError(f"{run.label}, {where}: {e}") from None
             if out is None:
                 started()
                 out = records.Appender(run.predictions)
-            out.write({"index": i, "id": sample.id, **rec})
-            progress.advance(bar)
+            for i, rec in zip(chunk, recs):
+                out.write({"index": i, "id": data.samples[i].id, **rec})
+            progress.advance(bar, len(chunk))
     finally:
         if out is not None:
             out.close()
@@ -178,6 +188,8 @@ def _eval(args: argparse.Namespace) -> int:
     # 1. everything that can be checked, before anything is written or shown
     if args.limit is not None and args.limit < 1:
         raise NuwaError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise NuwaError(f"--batch-size must be at least 1, got {args.batch_size}")
     task, data = _open_data(args)
     indices = list(range(min(len(data), args.limit or len(data))))
     data.check_images(indices)
@@ -218,7 +230,7 @@ def _eval(args: argparse.Namespace) -> int:
     with report.progress_bar(enabled=tty) as progress:
         try:
             for run, todo in work:
-                _execute(run, todo, len(indices), data, task, sampling, progress, take_over, model if run is first else None)
+                _execute(run, todo, len(indices), data, task, sampling, progress, take_over, model if run is first else None, args.batch_size)
         except KeyboardInterrupt:
             if taken or not fresh:
                 have = len(records.read_predictions(run.predictions, len(data), repair=True))

@@ -7,7 +7,8 @@ the export's LLM dtype), or ``--baseline MODEL``. Its answers are cached under
 ``$NUWA_EXPORT_CACHE/eval/`` so that every budget, precision and engine is compared with the
 same full-model answers.
 
-Everything that generates text goes through :func:`answer`; a batched runtime replaces it there.
+Everything that generates text goes through :func:`answer_batch` (one sample is a batch of one):
+samples answered side by side get exactly the answers they get alone.
 """
 
 from __future__ import annotations
@@ -46,9 +47,25 @@ class Plan:
 
 def answer(runner, image, prompt: str, sampling) -> dict:
     """The model's answer to one sample: text, tokens generated and wall time."""
+    return answer_batch(runner, [(image, prompt)], sampling)[0]
+
+
+def check_prompt(runner, prompt: str, sampling) -> None:
+    """Refuse a prompt this model cannot take (too long for its context), before any batch runs."""
+    from nuwa_export.generation import layout_for
+
+    layout_for(runner.stages(), prompt, sampling.max_new_tokens)
+
+
+def answer_batch(runner, samples: list[tuple], sampling) -> list[dict]:
+    """The answers to ``(image, prompt)`` samples generated side by side: text and tokens per
+    sample; ``ms`` is the batch's wall time shared out equally."""
+    from nuwa_export.generation import Request
+
     t = time.perf_counter()
-    result = runner.generate(image, prompt, sampling)
-    return {"answer": result.text, "tokens": len(result.generated_ids), "ms": round(1000 * (time.perf_counter() - t), 1)}
+    results = runner.generate_batch([Request(image, prompt, sampling) for image, prompt in samples], len(samples))
+    ms = round(1000 * (time.perf_counter() - t) / len(samples), 1)
+    return [{"answer": r.text, "tokens": len(r.generated_ids), "ms": ms} for r in results]
 
 
 def close(runner) -> None:

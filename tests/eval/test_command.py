@@ -38,15 +38,16 @@ def calls(monkeypatch):
         stop_at = None
 
     seen = Calls()
-    real = runner.answer
+    real = runner.answer_batch
 
-    def counting(model, image, prompt, sampling):
-        seen.append(prompt)
-        if seen.stop_at == len(seen):
-            raise KeyboardInterrupt
-        return real(model, image, prompt, sampling)
+    def counting(model, samples, sampling):
+        for _, prompt in samples:
+            seen.append(prompt)
+            if seen.stop_at == len(seen):
+                raise KeyboardInterrupt
+        return real(model, samples, sampling)
 
-    monkeypatch.setattr(runner, "answer", counting)
+    monkeypatch.setattr(runner, "answer_batch", counting)
     return seen
 
 
@@ -406,6 +407,19 @@ def test_a_broken_image_mid_run(capsys, tmp_path, calls, demo_export):
     assert code == 0, err
     assert len(calls) == 2 and [r["index"] for r in _lines(preds)] == [0, 1, 2, 3]
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["complete"]
+
+
+def test_batches_give_the_answers_of_single_samples(capsys, tmp_path, calls, demo_export, refcoco_json):
+    """--batch-size answers samples side by side; every answer is the one it gets alone."""
+    base = ["refcoco", demo_export, "--data", refcoco_json, "--limit", "5", "--no-baseline", "--max-new-tokens", "6"]
+    for size in (1, 3):
+        code, _, err = _run(capsys, *base, "--batch-size", size, "--out", tmp_path / f"b{size}")
+        assert code == 0, err
+    one, three = (_lines(tmp_path / f"b{n}" / "predictions" / "keep28.jsonl") for n in (1, 3))
+    assert [r["index"] for r in three] == [0, 1, 2, 3, 4]
+    assert [(r["answer"], r["tokens"]) for r in three] == [(r["answer"], r["tokens"]) for r in one]
+    code, _, err = _run(capsys, *base, "--batch-size", "0", "--out", tmp_path / "b0")
+    _one_line_error(code, err, "--batch-size must be at least 1, got 0")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
