@@ -122,8 +122,19 @@ class OrtBackend(Backend):
             session.run_with_iobinding(io)
         except (*self._errors, RuntimeError) as e:  # run_with_iobinding reports a failed run as RuntimeError
             raise NuwaError(f"ONNX Runtime failed running {self._files[graph]}: {_one_line(e)}") from None
-        outputs = [torch.from_dlpack(v) for v in io.get_outputs()]  # the same memory, viewed by torch (DLPack)
+        outputs = [self._torch_view(v) for v in io.get_outputs()]
         for spec, t in zip(plan, outputs):
             if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
                 raise NuwaError(f"{self._files[graph]} made {spec.name} {list(t.shape)} {t.dtype}, not the export's contract {list(spec.shape)}; re-run nuwa-export")
         return outputs
+
+    def _torch_view(self, value) -> torch.Tensor:
+        """An ONNX Runtime output as a torch tensor over the same memory (DLPack: the public
+        ``OrtValue`` has it since onnxruntime 1.2x, its C object for longer). An onnxruntime
+        without DLPack gets a copy on the CPU, and a one-line refusal on CUDA."""
+        for obj in (value, getattr(value, "_ortvalue", None)):
+            if obj is not None and hasattr(obj, "__dlpack__"):
+                return torch.from_dlpack(obj)
+        if self.device.type == "cpu":
+            return torch.from_numpy(value.numpy())
+        raise NuwaError("this onnxruntime cannot hand CUDA outputs to torch (no DLPack); upgrade it: pip install -U onnxruntime-gpu")

@@ -68,3 +68,25 @@ def test_plan_refuses_mismatched_pasts(demo_export):
     shapes["past_value_3"] = (1, m.llm.num_kv_heads, 5, m.llm.head_dim)
     with pytest.raises(NuwaError, match="past KV tensors of different lengths"):
         output_specs(m, "llm_suffix", shapes)
+
+
+def test_ort_outputs_reach_torch_without_dlpack_too(demo_export, monkeypatch):
+    """An onnxruntime whose OrtValue has no DLPack still runs on the CPU (a copy per output)."""
+    from nuwa_export.models.demo import example_picture
+    from nuwa_export.runtime.pipeline import Pipeline
+    from nuwa_export.sampling import SamplingConfig
+
+    pipeline = Pipeline(demo_export, "ort", "cpu")
+    cfg = SamplingConfig(max_new_tokens=5, stop_at_eos=False)
+    want = pipeline.generate(example_picture(), "Hi", cfg).generated_ids
+
+    class Plain:  # what an older onnxruntime hands back: numpy() only
+        def __init__(self, value):
+            self.value = value
+
+        def numpy(self):
+            return self.value.numpy()
+
+    real = pipeline.backend._torch_view
+    monkeypatch.setattr(pipeline.backend, "_torch_view", lambda v: real(Plain(v)))
+    assert pipeline.generate(example_picture(), "Hi", cfg).generated_ids == want
