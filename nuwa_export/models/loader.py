@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -11,7 +12,6 @@ from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
 from nuwa_export.image import ImageConfig
 from nuwa_export.models.families import family_for
-from nuwa_export.models.llava import LlavaParts
 from nuwa_export.models.registry import resolve
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -20,7 +20,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 @dataclass
 class LoadedModel:
     model: object  # transformers LlavaForConditionalGeneration
-    parts: LlavaParts
+    parts: Any  # what the family's adapter drives (models.llava.LlavaParts for LLaVA)
     tokenizer: object
     image_config: ImageConfig
     model_id: str
@@ -98,9 +98,12 @@ class CheckpointInfo:
     config: object  # transformers LlavaConfig
 
     @property
+    def family(self):
+        return family_for(self.config)
+
+    @property
     def grid(self) -> tuple[int, int]:
-        vc = self.config.vision_config
-        return (vc.image_size // vc.patch_size, vc.image_size // vc.patch_size)
+        return self.family.grid(self.config)
 
     @property
     def num_patches(self) -> int:
@@ -108,7 +111,7 @@ class CheckpointInfo:
 
     @property
     def num_layers(self) -> int:
-        return self.config.text_config.num_hidden_layers
+        return self.family.num_layers(self.config)
 
 
 def inspect_checkpoint(model: str) -> CheckpointInfo:
@@ -158,20 +161,20 @@ def load(
     SDPA's traced decomposition copies every cached key through a Transpose each step
     (``benchmarks/decode_scaling.py``).
     """
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     info = model if isinstance(model, CheckpointInfo) else inspect_checkpoint(model)
     path, model_id, config = info.path, info.model_id, info.config
+    family = info.family
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, getattr(config, "dtype", None), dev)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers' load report would be many lines; ours is one
     try:
-        net, report = LlavaForConditionalGeneration.from_pretrained(
-            path, dtype=torch_dtype, use_safetensors=True,
-            attn_implementation={"text_config": text_attention, "vision_config": "sdpa", "": "sdpa"},
+        net, report = family.model_class().from_pretrained(
+            path, dtype=torch_dtype, use_safetensors=True, attn_implementation=family.attn_implementation(text_attention),
             output_loading_info=True, ignore_mismatched_sizes=True,  # refused below, in one line
         )
     except (RuntimeError, ValueError, OSError) as e:
@@ -184,12 +187,11 @@ def load(
         raise NuwaError(f"the weights in {path} do not fit its config.json: {', '.join(bad[:2])}{more} missing or of another shape")
     net.to(dev).eval()
     if vision_dtype is not None:
-        net.model.vision_tower.to(DTYPES[vision_dtype])
-        net.model.multi_modal_projector.to(DTYPES[vision_dtype])
+        family.set_vision_dtype(net, DTYPES[vision_dtype])
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # a user's files: many types
         raise NuwaError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
-    parts = LlavaParts(net)
-    image_config = ImageConfig.from_pretrained(path, parts.image_size)
+    parts = family.parts(net)
+    image_config = family.image_config(path, parts)
     return LoadedModel(net, parts, tokenizer, image_config, model_id, path)

@@ -1,8 +1,9 @@
 """Model families: one adapter per family, registered by the checkpoint's ``model_type``.
 
 An adapter says what differs between families (docs/architecture.md, "Model families"): which
-checkpoints it takes, the prompt template, the grounding question and answer format, and the
-inputs and outputs each exported graph declares. Code outside ``models/`` asks the adapter
+checkpoints it takes and how they load (the transformers class, attention settings, the parts
+Nüwa drives, the grid, the image preprocessing), the prompt template, the grounding question and
+answer format, and the inputs and outputs each exported graph declares. Code outside ``models/`` asks the adapter
 (:func:`family_for` for a checkpoint's config, :func:`family_named` for an export's manifest)
 instead of comparing ``model_type`` itself.
 
@@ -34,6 +35,13 @@ class Family:
     name: str  # recorded in manifest.json (``family``)
     model_types: tuple[str, ...]  # the checkpoint configs' ``model_type`` it takes
     check_config: Callable[[Any], None]  # refuse a config this adapter was not written for (NuwaError)
+    grid: Callable[[Any], tuple[int, int]]  # config → the patch grid (rows, columns)
+    num_layers: Callable[[Any], int]  # config → decoder layers of the LLM
+    model_class: Callable[[], type]  # the transformers class its checkpoints load with
+    attn_implementation: Callable[[str], Any]  # LLM attention ("sdpa", "eager") → from_pretrained's attn_implementation
+    parts: Callable[[Any], Any]  # loaded model → the pieces Nüwa drives (models.llava.LlavaParts for LLaVA)
+    set_vision_dtype: Callable[[Any, Any], None]  # (model, torch dtype): the vision tower and projector in another dtype
+    image_config: Callable[[Any, Any], Any]  # (checkpoint dir, parts) → image.ImageConfig
     build_prompt: Callable[[Any, str, int], Any]  # (tokenizer, text, image token id) → prompt.Prompt
     grounding: Grounding
     graph_io: Callable[[Any], dict[str, tuple[list, list]]]  # manifest → per graph (inputs, outputs) it must declare

@@ -42,6 +42,34 @@ def _check_config(config) -> None:
     check_config(config)
 
 
+def _grid(config) -> tuple[int, int]:
+    vc = config.vision_config
+    return (vc.image_size // vc.patch_size, vc.image_size // vc.patch_size)
+
+
+def _model_class():
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration
+
+
+def _parts(model):
+    from nuwa_export.models.llava import LlavaParts
+
+    return LlavaParts(model)
+
+
+def _set_vision_dtype(model, dtype) -> None:
+    model.model.vision_tower.to(dtype)
+    model.model.multi_modal_projector.to(dtype)
+
+
+def _image_config(path, parts):
+    from nuwa_export.image import ImageConfig
+
+    return ImageConfig.from_pretrained(path, parts.image_size)
+
+
 def _build_prompt(tokenizer, text: str, image_token_id: int):
     from nuwa_export.prompt import build_prompt
 
@@ -52,6 +80,13 @@ LLAVA = register(Family(
     name="llava",
     model_types=("llava",),
     check_config=_check_config,
+    grid=_grid,
+    num_layers=lambda config: config.text_config.num_hidden_layers,
+    model_class=_model_class,
+    attn_implementation=lambda text: {"text_config": text, "vision_config": "sdpa", "": "sdpa"},  # CLIP keeps its fused attention
+    parts=_parts,
+    set_vision_dtype=_set_vision_dtype,
+    image_config=_image_config,
     build_prompt=_build_prompt,
     grounding=Grounding(grounding.question, grounding.parse_box, grounding.to_pixels),
     graph_io=graph_io,
