@@ -66,6 +66,31 @@ def choose_profile(graph: str, shapes: dict[str, tuple[int, ...]]) -> int:
     raise NuwaError(f"{graph}: {seq} new tokens over a past of {past} fits neither engine profile (prefill or one-token decode)")
 
 
+def bind(ctx, engine, graph: str, inputs: dict, plan, device, address) -> tuple[list, list]:
+    """Bind one call on an execution context (TensorRT's documented ``IExecutionContext`` API):
+    each input by address after ``set_input_shape`` (converted only if the engine's type differs),
+    each output allocated on ``device`` from ``plan`` after checking the shape TensorRT infers.
+    Returns (inputs as bound, which must outlive the launch; outputs in plan order)."""
+    import torch
+
+    held = []
+    for key, t in inputs.items():
+        want = getattr(torch, _DTYPES[engine.get_tensor_dtype(key).name])  # the engine's type decides
+        t = t.to(device, want).contiguous()  # on the device already: a no-op unless the type differs
+        held.append(t)
+        ctx.set_input_shape(key, tuple(t.shape))
+        ctx.set_tensor_address(key, address(t))
+    outputs = []
+    for spec in plan:
+        trt_shape = tuple(ctx.get_tensor_shape(spec.name))
+        if trt_shape != spec.shape:
+            raise NuwaError(f"TensorRT's {graph} engine makes {spec.name} {list(trt_shape)}, the export's contract {list(spec.shape)}; rebuild with nuwa-build")
+        t = torch.empty(spec.shape, dtype=getattr(torch, _DTYPES[engine.get_tensor_dtype(spec.name).name]), device=device)
+        outputs.append(t)
+        ctx.set_tensor_address(spec.name, address(t))
+    return held, outputs
+
+
 _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32", "BOOL": "bool"}
 
 
@@ -110,26 +135,13 @@ class TrtBackend(Backend):
         engine = self.engines["vision" if graph.startswith("vision") else graph]
         shapes = {k: tuple(v.shape) for k, v in inputs.items()}
         ctx = self.contexts[graph][choose_profile(graph, shapes)]
-        held = []  # converted inputs must outlive the launch
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # inputs written by torch
         with torch.cuda.stream(self.stream):
-            for key, t in inputs.items():
-                want = getattr(torch, _DTYPES[engine.get_tensor_dtype(key).name])  # the engine's type decides
-                t = t.to(self.device, want).contiguous()  # on the device already: a no-op unless the type differs
-                held.append(t)
-                ctx.set_input_shape(key, tuple(t.shape))
-                ctx.set_tensor_address(key, self._address(t))
-            outputs = []
-            for spec in output_specs(self.manifest, graph, shapes):
-                trt_shape = tuple(ctx.get_tensor_shape(spec.name))
-                if trt_shape != spec.shape:
-                    raise NuwaError(f"TensorRT's {graph} engine makes {spec.name} {list(trt_shape)}, the export's contract {list(spec.shape)}; rebuild with nuwa-build")
-                t = torch.empty(spec.shape, dtype=getattr(torch, _DTYPES[engine.get_tensor_dtype(spec.name).name]), device=self.device)
-                outputs.append(t)
-                ctx.set_tensor_address(spec.name, self._address(t))
+            held, outputs = bind(ctx, engine, graph, inputs, output_specs(self.manifest, graph, shapes), self.device, self._address)
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise NuwaError(f"TensorRT failed to run the {graph} engine")
         torch.cuda.current_stream(self.device).wait_stream(self.stream)  # later torch work sees the outputs
+        del held  # converted inputs outlived the launch
         return outputs
 
     def _address(self, t) -> int:

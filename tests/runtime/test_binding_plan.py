@@ -90,3 +90,65 @@ def test_ort_outputs_reach_torch_without_dlpack_too(demo_export, monkeypatch):
     real = pipeline.backend._torch_view
     monkeypatch.setattr(pipeline.backend, "_torch_view", lambda v: real(Plain(v)))
     assert pipeline.generate(example_picture(), "Hi", cfg).generated_ids == want
+
+
+class _FakeDtype:
+    def __init__(self, name):
+        self.name = name
+
+
+class _FakeEngine:
+    """TensorRT's ICudaEngine as ``bind`` uses it: the type of each I/O tensor."""
+
+    def __init__(self, types):
+        self.types = types
+
+    def get_tensor_dtype(self, name):
+        return _FakeDtype(self.types.get(name, "FLOAT"))
+
+
+class _FakeContext:
+    """IExecutionContext: records shapes and addresses; infers output shapes from ``plan``."""
+
+    def __init__(self, inferred):
+        self.inferred, self.shapes, self.addresses = inferred, {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = shape
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+
+    def get_tensor_shape(self, name):
+        return self.inferred[name]
+
+
+def test_trt_binding_keeps_the_session_tensors_in_place(demo_export):
+    """``trt_backend.bind`` (what TrtBackend.run calls inside its CUDA stream), driven on CPU
+    tensors: every input is bound at its own address (no copy when the engine's type matches),
+    every output is allocated from the plan and bound at its address, a shape TensorRT infers
+    differently is refused in one line."""
+    import torch
+
+    from nuwa_export.runtime.trt_backend import bind
+
+    m = mf.read(demo_export)
+    feeds = {k: torch.from_numpy(v) for k, v in _feeds(m, "llm_suffix", 3, 1, 40).items()}
+    plan = output_specs(m, "llm_suffix", {k: tuple(v.shape) for k, v in feeds.items()})
+    engine = _FakeEngine({"position_ids": "INT64", "pad_lengths": "INT64"})
+    ctx = _FakeContext({s.name: s.shape for s in plan})
+    held, outputs = bind(ctx, engine, "llm_suffix", feeds, plan, torch.device("cpu"), lambda t: t.data_ptr())
+    assert all(ctx.addresses[k] == v.data_ptr() for k, v in feeds.items())  # bound where they lie
+    assert all(ctx.shapes[k] == tuple(v.shape) for k, v in feeds.items())
+    assert [tuple(o.shape) for o in outputs] == [s.shape for s in plan]
+    assert [ctx.addresses[s.name] for s in plan] == [o.data_ptr() for o in outputs]
+    assert outputs[1].shape[2] == 41  # present = past + 1
+
+    # an engine that takes int32 ids gets a converted copy, kept alive until the launch
+    engine32 = _FakeEngine({"position_ids": "INT32", "pad_lengths": "INT64"})
+    held, _ = bind(_FakeContext({s.name: s.shape for s in plan}), engine32, "llm_suffix", feeds, plan, torch.device("cpu"), lambda t: t.data_ptr())
+    assert any(t.dtype == torch.int32 for t in held)
+
+    wrong = _FakeContext({**{s.name: s.shape for s in plan}, "logits": (3, 7)})
+    with pytest.raises(NuwaError, match="TensorRT's llm_suffix engine makes logits \\[3, 7\\], the export's contract"):
+        bind(wrong, engine, "llm_suffix", feeds, plan, torch.device("cpu"), lambda t: t.data_ptr())
