@@ -199,7 +199,7 @@ def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
 
     b, stages, dtype = pipeline.budgets, pipeline.stages(), pipeline.embeddings.dtype
     layout = generation.Layout(Prompt(tuple(rec.before), tuple(rec.after), pipeline.manifest.llm.image_token_id), b.num_patches)
-    batch = generation.single(stages, layout)
+    batch = generation.Batch((layout,))
     k1 = rec.vision_tokens.shape[1]
     to = lambda a: torch.from_numpy(a).to(stages.device)  # noqa: E731
     split, pos, past1, scores, vision_start, pad = generation.run_prefix(stages, batch, to(rec.vision_tokens), to(rec.patch_indices))

@@ -19,7 +19,6 @@ from nuwa_export.generation.core import (
     run_prefix,
     run_suffix,
     select,
-    single,
     step,
 )
 from nuwa_export.generation.layout import Batch, Layout, layout_for
@@ -49,6 +48,5 @@ __all__ = [
     "run_prefix",
     "run_suffix",
     "select",
-    "single",
     "step",
 ]

@@ -43,9 +43,6 @@ class KVGroups:
     prefix: Any
     suffix: Any
 
-    def nbytes(self, stages) -> int:
-        return stages.past_bytes(self.prefix) + stages.past_bytes(self.suffix)
-
     def take(self, stages, rows: torch.Tensor) -> KVGroups:
         return KVGroups(stages.take_rows(self.prefix, rows), stages.take_rows(self.suffix, rows))
 
@@ -246,7 +243,7 @@ def _row_kv_bytes(stages, row: Layout, entry_bytes: tuple[int, int], fed: int) -
     return entry_bytes[0] * (text + b.k1 + fed) + entry_bytes[1] * (text + (b.k2 if b.prune else b.k1) + fed)
 
 
-def generate_batches(stages, requests: Sequence[Request], batch_size: int, trace: None = None) -> list[GenerationResult]:
+def generate_batches(stages, requests: Sequence[Request], batch_size: int) -> list[GenerationResult]:
     """Every request, ``batch_size`` at a time in order (every prompt checked before any work)."""
     requests = list(requests)
     layouts(stages, requests)
@@ -266,8 +263,3 @@ def generate(
 ) -> GenerationResult:
     """Answer ``prompt`` about ``image`` (path or PIL image): a batch of one."""
     return generate_batch(stages, [Request(image, prompt, sampling or SamplingConfig(), on_token)], trace)[0]
-
-
-def single(stages, layout: Layout) -> Batch:
-    """A batch of one request (verify's teacher-forced check)."""
-    return Batch((layout,))

@@ -44,10 +44,17 @@ class Batch:
     Every row's cache is ``[pad][text before][vision tokens][text after]``; as the budgets fix K1
     and K2, a row needs the same padding ``pad = max(b + c) - (b + c)`` in both KV groups, and
     every row's last prompt entry is the last column, so one decode step appends one entry to
-    every row. Padding entries are masked from every real query (``pad_lengths``).
+    every row. Padding entries are masked from every real query (``pad_lengths``). ``pads`` is
+    computed from ``rows`` unless given (rows taken from a batch keep the padding their caches have).
     """
 
     rows: tuple[Layout, ...]
+    pads: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.pads:
+            text = max(r.before + r.after for r in self.rows)
+            object.__setattr__(self, "pads", tuple(text - r.before - r.after for r in self.rows))
 
     @property
     def size(self) -> int:
@@ -55,12 +62,8 @@ class Batch:
 
     @property
     def text(self) -> int:
-        """Widest text (``b + c``) of the batch."""
-        return max(r.before + r.after for r in self.rows)
-
-    @property
-    def pads(self) -> list[int]:
-        return [self.text - r.before - r.after for r in self.rows]
+        """Text entries (padding included) of every row: the widest ``b + c``."""
+        return self.pads[0] + self.rows[0].before + self.rows[0].after
 
     @property
     def vision_starts(self) -> list[int]:
@@ -94,21 +97,7 @@ class Batch:
 
     def take(self, keep: list[int]) -> Batch:
         """The rows ``keep`` (in order), with the padding they had (their caches keep it)."""
-        return _Taken(tuple(self.rows[i] for i in keep), tuple(self.pads[i] for i in keep))
-
-
-@dataclass(frozen=True)
-class _Taken(Batch):
-    """Rows kept from a batch: padding fixed by the caches, not recomputed."""
-
-    fixed_pads: tuple[int, ...] = ()
-
-    @property
-    def pads(self) -> list[int]:
-        return list(self.fixed_pads)
-
-    def take(self, keep: list[int]) -> Batch:
-        return _Taken(tuple(self.rows[i] for i in keep), tuple(self.fixed_pads[i] for i in keep))
+        return Batch(tuple(self.rows[i] for i in keep), tuple(self.pads[i] for i in keep))
 
 
 def layout_for(stages, text: str, max_new_tokens: int) -> Layout:

@@ -158,8 +158,7 @@ def load(
     keep them in float32 so that stage one selects exactly what the reference selects).
     ``text_attention`` is the LLM's attention implementation: ``sdpa`` (fused kernels in torch),
     or ``eager`` for export: its 4-D ``q @ k^T`` becomes one fused MatMul in ONNX Runtime, where
-    SDPA's traced decomposition copies every cached key through a Transpose each step
-    (``benchmarks/decode_scaling.py``).
+    SDPA's traced decomposition copies every cached key through a Transpose each step.
     """
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging

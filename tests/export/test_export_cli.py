@@ -45,6 +45,8 @@ def test_cli_exports_and_refuses_non_empty_out(demo_dir, tmp_path, capsys):
         (["--stage-two-layer", "9"], "between 1 and 3"),
         (["--per-region", "1", "--stage-one-keep", "100"], "fewer than K1=100"),
         (["--per-region", "5"], "between 1 and 4"),
+        (["--max-batch", "0"], "--max-batch must be between 1 and 64, got 0"),
+        (["--max-batch", "65"], "--max-batch must be between 1 and 64, got 65"),
     ],
 )
 def test_cli_bad_budgets(demo_dir, tmp_path, capsys, args, match):

@@ -37,6 +37,8 @@ def test_round_trip(copy):
         (lambda d: d.pop("grid"), "missing key manifest.grid"),
         (lambda d: d["graphs"]["vision"]["inputs"][0].pop("dtype"), r"missing key manifest.graphs.vision.inputs\[0\].dtype"),
         (lambda d: d.update(schema_version=99), "schema_version 99, newer than this nuwa-export reads"),
+        (lambda d: d.update(max_batch=0), "max_batch must be >= 1, got 0"),
+        (lambda d: d.update(max_batch=4), r"engine_profiles.llm_prefix\[0\].inputs_embeds dimension 0 \(batch\) has max 8, beyond manifest.json max_batch = 4"),
         (lambda d: d.update(num_patches="256"), "num_patches should be int"),
         (lambda d: d["budgets"].update(prune=1), "prune should be bool"),
         (lambda d: d["files"]["vision.onnx"].update(sha256="0" * 64), "does not match its sha256"),
