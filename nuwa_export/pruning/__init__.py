@@ -3,10 +3,17 @@
 from nuwa_export.pruning.budgets import Budgets, budgets, default_keep, resolve_budgets
 from nuwa_export.pruning.positions import decode_position, position_ids
 from nuwa_export.pruning.stage_one import (
+    QWEN_PERCENTILE,
+    QWEN_REACH_FACTOR,
     aggregation_weights,
     alignment,
     default_per_region,
+    padded_grid,
     pillar_mask,
+    qwen_anchors,
+    qwen_reach,
+    qwen_stage_one,
+    qwen_stage_one_keep,
     separation,
     stage_one,
     swarm_weights,
@@ -14,6 +21,8 @@ from nuwa_export.pruning.stage_one import (
 from nuwa_export.pruning.stage_two import stage_two, stage_two_rows
 
 __all__ = [
+    "QWEN_PERCENTILE",
+    "QWEN_REACH_FACTOR",
     "Budgets",
     "aggregation_weights",
     "alignment",
@@ -21,8 +30,13 @@ __all__ = [
     "decode_position",
     "default_keep",
     "default_per_region",
+    "padded_grid",
     "pillar_mask",
     "position_ids",
+    "qwen_anchors",
+    "qwen_reach",
+    "qwen_stage_one",
+    "qwen_stage_one_keep",
     "resolve_budgets",
     "separation",
     "stage_one",

@@ -6,6 +6,14 @@ collector anchor's neighbours into it. Ties are broken deterministically: higher
 then lower patch index (stable sorts over index-ordered candidates).
 
 Only the ``K×N`` rows of the similarity matrix that are used are ever computed.
+
+Qwen2.5-VL variant (``qwen_*``): the merged patch grid may have odd sides, so separation runs on
+the grid zero-padded to even sides (bottom row / right column) with the padding ranked ``-inf``;
+alignment keeps ``K1`` = :func:`qwen_stage_one_keep` anchors, which is never more than the real
+candidates, so no padding is ever picked and shapes stay static. Anchors are returned as unpadded
+raster indices. The swarm uses the reach ``0.8·sqrt((Hp−1)² + (Wp−1)²)`` of the padded sides, the
+pillar quantile 0.1, and no self-weight override after normalising (a collector's row includes its
+own entry, normalised like the others).
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ ROW_EPS = 1e-8
 #: Swarm distance (reach √280 ≈ 16.7 patches) and pillar quantile: the paper's defaults.
 DEFAULT_DISTANCE = 280.0
 DEFAULT_PERCENTILE = 0.55
+#: Qwen2.5-VL: pillar quantile, and the reach as a fraction of the padded grid's diagonal.
+QWEN_PERCENTILE = 0.1
+QWEN_REACH_FACTOR = 0.8
 
 
 def default_per_region(keep: int, grid: tuple[int, int]) -> int:
@@ -30,10 +41,12 @@ def default_per_region(keep: int, grid: tuple[int, int]) -> int:
     return min(4, math.ceil(keep / (h * w // 4)))
 
 
-def _check_grid(grid: tuple[int, int], n: int) -> tuple[int, int]:
+def _check_grid(grid: tuple[int, int], n: int, *, even: bool = True) -> tuple[int, int]:
     h, w = int(grid[0]), int(grid[1])
-    if h < 2 or w < 2 or h % 2 or w % 2:
+    if even and (h < 2 or w < 2 or h % 2 or w % 2):
         raise NuwaError(f"the patch grid must have even sides of at least 2, got {h}x{w}")
+    if not even and (h < 1 or w < 1):
+        raise NuwaError(f"the patch grid must have sides of at least 1, got {h}x{w}")
     if h * w != n:
         raise NuwaError(f"grid {h}x{w} has {h * w} patches but the features have {n}")
     return h, w
@@ -88,6 +101,9 @@ def aggregation_weights(
     grid: tuple[int, int],
     distance: float = 280.0,
     percentile: float = 0.55,
+    *,
+    reach: float | None = None,
+    self_override: bool = True,
 ) -> torch.Tensor:
     """The swarm merge matrix ``W`` such that ``tokens = W @ features``.
 
@@ -95,14 +111,22 @@ def aggregation_weights(
         sim: ``[B, N, Ds]`` similarity features (L2-normalised per patch here).
         cls_attention: ``[B, N]`` float patch scores.
         indices: ``[B, K]`` int64 anchor indices, ascending.
-        grid: ``(H, W)`` with ``H·W = N``.
-        distance: penalty reach is ``sqrt(distance)`` patches.
+        grid: ``(H, W)`` with ``H·W = N``; even sides unless ``reach`` is given.
+        distance: penalty reach is ``sqrt(distance)`` patches (ignored when ``reach`` is given).
         percentile: pillar threshold quantile of the anchor scores (linear interpolation).
+        reach: penalty reach in patches, ``penalty = 1 − min(1, dist / reach)``; ``None`` means
+            ``sqrt(distance)`` (LLaVA). Giving it also allows odd grid sides (Qwen2.5-VL).
+        self_override: set the self entry of every row to 1.0 after normalising (LLaVA); ``False``
+            keeps the normalised self entry (Qwen2.5-VL).
     Returns:
         ``[B, K, N]`` float32. Pillar rows are one-hot at the anchor; collector rows are the
-        normalised ``relu(cos) · penalty`` weights with the self entry set to 1.0.
+        normalised ``relu(cos) · penalty`` weights, with the self entry set to 1.0 when
+        ``self_override``.
     """
-    return swarm_weights(sim, indices, cls_attention.float().gather(1, indices), grid, distance, percentile)
+    return swarm_weights(
+        sim, indices, cls_attention.float().gather(1, indices), grid, distance, percentile,
+        reach=reach, self_override=self_override,
+    )
 
 
 def swarm_weights(
@@ -112,13 +136,19 @@ def swarm_weights(
     grid: tuple[int, int],
     distance: float = 280.0,
     percentile: float = 0.55,
+    *,
+    reach: float | None = None,
+    self_override: bool = True,
 ) -> torch.Tensor:
     """:func:`aggregation_weights` given the anchors' own scores ``anchor_scores [B, K]``.
 
     This is the computation of the exported ``nuwa::SwarmAggregate`` node (before ``@ features``).
+    ``reach`` and ``self_override`` are as in :func:`aggregation_weights`.
     """
     b, n, _ = sim.shape
-    h, w = _check_grid(grid, n)
+    h, w = _check_grid(grid, n, even=reach is None)
+    if reach is None:
+        reach = math.sqrt(distance)
     u = F.normalize(sim.float(), dim=-1)
     anchors = u.gather(1, indices[..., None].expand(-1, -1, u.shape[-1]))  # [B, K, Ds]
     affinity = torch.relu(anchors @ u.transpose(1, 2))  # [B, K, N] — only the K used rows
@@ -126,13 +156,15 @@ def swarm_weights(
     ay, ax = (indices // w).float(), (indices % w).float()
     py, px = (patch // w).float(), (patch % w).float()
     dist = torch.sqrt((ay[..., None] - py) ** 2 + (ax[..., None] - px) ** 2)
-    penalty = 1.0 - torch.clamp(dist / math.sqrt(distance), max=1.0)
+    penalty = 1.0 - torch.clamp(dist / reach, max=1.0)
     weights = affinity * penalty
 
     pillar = pillar_mask(anchor_scores, percentile)
     is_self = patch[None, None, :] == indices[..., None]  # [B, K, N]
     weights = torch.where(pillar[..., None] & ~is_self, torch.zeros_like(weights), weights)
     weights = weights / (weights.sum(dim=-1, keepdim=True) + ROW_EPS)
+    if not self_override:
+        return weights
     return torch.where(is_self, torch.ones_like(weights), weights)
 
 
@@ -188,4 +220,118 @@ def stage_one(
     indices = alignment(cls_attention, candidates, keep)
     weights = aggregation_weights(sim, cls_attention, indices, grid, distance, percentile)
     tokens = (weights @ agg.float()).to(agg.dtype)
+    return tokens, indices
+
+
+# ---- Qwen2.5-VL: odd grids are zero-padded to even sides for separation --------------------------
+def padded_grid(grid: tuple[int, int]) -> tuple[int, int]:
+    """``(Hp, Wp) = (H + H % 2, W + W % 2)``: the grid padded to even sides (bottom / right)."""
+    h, w = int(grid[0]), int(grid[1])
+    if h < 1 or w < 1:
+        raise NuwaError(f"the patch grid must have sides of at least 1, got {h}x{w}")
+    return h + h % 2, w + w % 2
+
+
+def qwen_reach(grid: tuple[int, int]) -> float:
+    """Qwen2.5-VL's swarm reach ``0.8·sqrt((Hp−1)² + (Wp−1)²)`` patches, on the padded sides."""
+    hp, wp = padded_grid(grid)
+    return QWEN_REACH_FACTOR * math.sqrt((hp - 1) ** 2 + (wp - 1) ** 2)
+
+
+def _real_candidates(grid: tuple[int, int], per_region: int) -> int:
+    """``Σ_regions min(n, real slots of the region)`` over the 2×2 regions of the padded grid."""
+    h, w = int(grid[0]), int(grid[1])
+    hp, wp = padded_grid(grid)
+    if not 1 <= per_region <= 4:
+        raise NuwaError(f"per_region must be between 1 and 4, got {per_region}")
+    return sum(
+        min(per_region, min(2, h - y) * min(2, w - x)) for y in range(0, hp, 2) for x in range(0, wp, 2)
+    )
+
+
+def qwen_stage_one_keep(grid: tuple[int, int], s1: float, per_region: int) -> int:
+    """The static K1 for Qwen2.5-VL: ``min(ceil(N·s1), real candidates)``.
+
+    Args:
+        grid: ``(H, W)`` merged patch grid, any sides ≥ 1.
+        s1: fraction of the ``N = H·W`` patches to keep, in ``(0, 1]`` (``ceil`` in float64).
+        per_region: ``n`` in 1..4; a region of the padded grid offers ``min(n, its real slots)``.
+    Returns:
+        ``K1 >= 1``; :func:`qwen_anchors` with this ``keep`` never picks padding.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    real = _real_candidates(grid, per_region)
+    if not 0.0 < s1 <= 1.0:
+        raise NuwaError(f"the stage-one fraction must be in (0, 1], got {s1}")
+    return min(math.ceil(h * w * float(s1)), real)
+
+
+def qwen_anchors(salience: torch.Tensor, grid: tuple[int, int], keep: int, per_region: int) -> torch.Tensor:
+    """Separation on the padded grid (padding ranked ``-inf``) and alignment, in unpadded indices.
+
+    Args:
+        salience: ``[B, N]`` float patch scores in raster order of the ``H×W`` grid.
+        grid: ``(H, W)``, any sides ≥ 1, ``H·W = N``.
+        keep: anchors to keep (K1), ``1 <= keep <=`` the real candidates (see
+            :func:`qwen_stage_one_keep`), so that no padding slot is ever picked.
+        per_region: slots per 2×2 region of the padded grid, 1..4.
+    Returns:
+        ``[B, keep]`` int64 unpadded raster indices ``y·W + x``, ascending.
+    """
+    b, n = salience.shape
+    h, w = _check_grid(grid, n, even=False)
+    hp, wp = padded_grid(grid)
+    real = _real_candidates(grid, per_region)
+    if not 1 <= keep <= real:
+        raise NuwaError(
+            f"cannot keep {keep} anchors out of the {real} real candidates of the {h}x{w} grid "
+            f"with {per_region} per region"
+        )
+    if not salience.is_floating_point():
+        salience = salience.float()
+    padded = F.pad(salience.reshape(b, h, w), (0, wp - w, 0, hp - h), value=float("-inf")).reshape(b, -1)
+    candidates = separation(padded, (hp, wp), per_region)
+    # keep <= real candidates and padding ranks last, so every pick is real: nothing to drop, and
+    # padded → unpadded raster is increasing on real slots, so the result stays ascending.
+    picked = alignment(padded, candidates, keep)
+    return (picked // wp) * w + picked % wp
+
+
+def qwen_stage_one(
+    features: torch.Tensor,
+    sim: torch.Tensor,
+    salience: torch.Tensor,
+    grid: tuple[int, int],
+    keep: int,
+    *,
+    per_region: int,
+    percentile: float = QWEN_PERCENTILE,
+    reach: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2.5-VL stage one: :func:`qwen_anchors` then the swarm without the self override.
+
+    Args:
+        features: ``[B, N, D]`` merged-patch features to merge, any float dtype.
+        sim: ``[B, N, Ds]`` similarity features; L2-normalised per patch here.
+        salience: ``[B, N]`` float patch scores (positive).
+        grid: ``(H, W)`` merged patch grid, any sides ≥ 1, ``H·W = N``.
+        keep: anchors to keep (K1), at most the real candidates (:func:`qwen_stage_one_keep`).
+        per_region: slots per 2×2 region of the padded grid, 1..4.
+        percentile: pillar threshold quantile of the anchors' salience (linear interpolation).
+        reach: penalty reach in patches; ``None`` means :func:`qwen_reach` of ``grid``.
+    Returns:
+        ``tokens [B, keep, D]`` in the dtype of ``features`` (computed in float32) and
+        ``indices [B, keep]`` int64 unpadded raster indices, ascending.
+    """
+    if features.shape[:2] != sim.shape[:2] or features.shape[:2] != salience.shape:
+        raise NuwaError(
+            f"qwen_stage_one shapes disagree: features {tuple(features.shape)}, sim {tuple(sim.shape)}, "
+            f"salience {tuple(salience.shape)}"
+        )
+    _check_grid(grid, features.shape[1], even=False)
+    if reach is None:
+        reach = qwen_reach(grid)
+    indices = qwen_anchors(salience, grid, keep, per_region)
+    weights = aggregation_weights(sim, salience, indices, grid, percentile=percentile, reach=reach, self_override=False)
+    tokens = (weights @ features.float()).to(features.dtype)
     return tokens, indices
