@@ -8,7 +8,7 @@ OPSET = 18
 OP_DOMAIN = "nuwa"
 OP_NAME = "SwarmAggregate"
 OP_VERSION = 1
-OP_ATTRIBUTES = ("grid", "distance", "percentile")  # ints [H, W], float, float
+OP_ATTRIBUTES = ("grid", "distance", "percentile", "self_weight")  # ints [H, W], float, float, int (optional, default 1)
 
 #: Version of manifest.json this code writes and reads. 2: batched LLM graphs (per-row
 #: ``vision_start``, ``pad_lengths``) and ``max_batch``; exports of version 1 must be re-exported.

@@ -2,9 +2,10 @@
 """Check the SwarmAggregate CUDA kernel against the PyTorch reference (needs a CUDA GPU).
 
 Builds ``libnuwa_kernels.so`` with CMake (or takes ``--lib``), runs the kernel through its C ABI
-on random inputs over several grids, K, D and attribute values, in float32 and float16, with
-int64 and int32 indices and with tied anchor scores, and compares every output with
-``nuwa_export.export.ops.swarm_aggregate`` (the op the exporter emits; CPU, float32 inside).
+on random inputs over several grids (odd sides too), K, D and attribute values (``self_weight`` 1,
+LLaVA, and 0, Qwen2.5-VL), in float32 and float16, with int64 and int32 indices and with tied
+anchor scores, and compares every output with the body of ``nuwa_export.export.ops.swarm_aggregate``
+(the op the exporter emits): ``nuwa_export.pruning.spec.weights(...) @ features``, CPU, float32 inside.
 
 Tolerances (``np.allclose``: ``|out - ref| <= atol + rtol * |ref|``):
 
@@ -35,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 FLOAT_TYPES = {"float32": 0, "float16": 1}
 INDEX_TYPES = {"int64": 0, "int32": 1}
 TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (2e-2, 1e-2)}  # (atol, rtol)
@@ -52,10 +53,11 @@ class Case:
     percentile: float = 0.55
     ties: bool = False  # anchor scores drawn from a few distinct values
     index_type: str = "int64"
+    self_weight: int = 1  # 1: self entry set to 1 after normalising (LLaVA); 0: kept (Qwen2.5-VL)
 
     def label(self) -> str:
         h, w = self.grid
-        extra = " ties" if self.ties else ""
+        extra = (" ties" if self.ties else "") + ("" if self.self_weight else " self=0")
         return (f"{h}x{w} K={self.anchors} D={self.dim} Ds={self.sim_dim} B={self.batch} "
                 f"dist={self.distance:g} q={self.percentile:g} {self.index_type}{extra}")
 
@@ -70,6 +72,13 @@ CASES = [
     Case((8, 8), 10, 40, 8, percentile=0.0, ties=True),  # every anchor a pillar
     Case((2, 2), 1, 8, 4, batch=1),  # one anchor
     Case((48, 48), 300, 128, 256, batch=1),  # N = 2304 (576 * 4)
+    Case((3, 7), 9, 33, 17, distance=2.0),  # odd sides
+    # self_weight = 0 (Qwen2.5-VL): pillars and collectors keep their normalised self entry
+    Case((5, 7), 35, 40, 8, percentile=0.3, self_weight=0),  # K = N: the zero sim vector is an anchor
+    Case((5, 7), 12, 64, 48, batch=3, distance=2.0, ties=True, index_type="int32", self_weight=0),
+    # Qwen2.5-VL's settings: reach 0.8 x the padded grid's diagonal (distance = its square), q = 0.1
+    Case((25, 19), 120, 256, 128, distance=631.04, percentile=0.1, self_weight=0),
+    Case((24, 24), 112, 1024, 1024, distance=677.12, percentile=0.1, ties=True, self_weight=0),
 ]
 
 
@@ -89,9 +98,9 @@ def load(path: Path) -> ctypes.CDLL:
     lib.nuwa_kernels_abi_version.restype = i32
     lib.nuwa_status_string.argtypes = [i32]
     lib.nuwa_status_string.restype = ctypes.c_char_p
-    lib.nuwa_swarm_aggregate_check.argtypes = [i32] * 7 + [f32, f32]
+    lib.nuwa_swarm_aggregate_check.argtypes = [i32] * 7 + [f32, f32, i32]
     lib.nuwa_swarm_aggregate_check.restype = ctypes.c_char_p
-    lib.nuwa_swarm_aggregate_host.argtypes = [ptr] * 5 + [i32] * 7 + [f32, f32, i32, i32]
+    lib.nuwa_swarm_aggregate_host.argtypes = [ptr] * 5 + [i32] * 7 + [f32, f32, i32, i32, i32]
     lib.nuwa_swarm_aggregate_host.restype = i32
     if lib.nuwa_kernels_abi_version() != ABI_VERSION:
         raise RuntimeError(f"{path}: ABI version {lib.nuwa_kernels_abi_version()}, expected {ABI_VERSION}")
@@ -106,7 +115,7 @@ def run_kernel(lib: ctypes.CDLL, case: Case, features, sim, indices, scores) -> 
     status = lib.nuwa_swarm_aggregate_host(
         *(a.ctypes.data_as(ctypes.c_void_p) for a in arrays), tokens.ctypes.data_as(ctypes.c_void_p),
         b, n, d, sim.shape[2], case.anchors, case.grid[0], case.grid[1], case.distance, case.percentile,
-        FLOAT_TYPES[str(features.dtype)], INDEX_TYPES[str(indices.dtype)])
+        case.self_weight, FLOAT_TYPES[str(features.dtype)], INDEX_TYPES[str(indices.dtype)])
     return status, tokens
 
 
@@ -127,11 +136,12 @@ def make_inputs(case: Case, dtype: str, seed: int):
 def reference(case: Case, features, sim, indices, scores) -> np.ndarray:
     import torch
 
-    from nuwa_export.pruning.stage_one import swarm_weights  # the body of the exported op (export/ops.py)
+    from nuwa_export.pruning.spec import StageOneSpec, weights as merge_weights  # the body of export/ops.py's op
 
     f = torch.from_numpy(features)
-    weights = swarm_weights(torch.from_numpy(sim), torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(scores),
-                            tuple(case.grid), case.distance, case.percentile)
+    spec = StageOneSpec(1, case.distance, case.percentile, bool(case.self_weight))
+    weights = merge_weights(torch.from_numpy(sim), torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(scores),
+                            tuple(case.grid), spec)
     return (weights @ f.float()).to(f.dtype).numpy()
 
 
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nuwa-kernels-") as tmp:
         lib = load(args.lib if args.lib else build(Path(tmp)))
-        header = f"{'case':<58} {'dtype':<8} {'max |err|':>10} {'max rel':>9} {'atol/rtol':>13}  result"
+        header = f"{'case':<66} {'dtype':<8} {'max |err|':>10} {'max rel':>9} {'atol/rtol':>13}  result"
         print(header)
         print("-" * len(header))
         failures = 0
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 status, out = run_kernel(lib, case, *inputs)
                 if status != 0:
                     message = lib.nuwa_status_string(status).decode()
-                    print(f"{case.label():<58} {dtype:<8} kernel failed: {message} ({status})")
+                    print(f"{case.label():<66} {dtype:<8} kernel failed: {message} ({status})")
                     if status > 0 and number == 0 and dtype == "float32":
                         print("no usable CUDA device; nothing was checked", file=sys.stderr)
                         return 2
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 rel = err / np.maximum(np.abs(ref32), 1e-6)
                 ok = bool(np.allclose(out32, ref32, atol=atol, rtol=rtol)) and np.isfinite(out32).all()
                 failures += not ok
-                print(f"{case.label():<58} {dtype:<8} {err.max():>10.2e} {rel.max():>9.1e} "
+                print(f"{case.label():<66} {dtype:<8} {err.max():>10.2e} {rel.max():>9.1e} "
                       f"{f'{atol:g}/{rtol:g}':>13}  {'ok' if ok else 'FAIL'}")
         total = 2 * len(CASES)
         print(f"\n{total - failures}/{total} cases within tolerance")

@@ -96,6 +96,24 @@ bool readInts(PluginField const& f, int64_t* values, int32_t count)
     return true;
 }
 
+//! Read one scalar integer field (ONNX int: kINT32 from the ONNX parser; kINT64, kINT8 and kINT16
+//! accepted as well).
+bool readInt(PluginField const& f, int64_t& value)
+{
+    if (f.data == nullptr || f.length != 1)
+    {
+        return false;
+    }
+    switch (f.type)
+    {
+    case PluginFieldType::kINT32: value = *static_cast<int32_t const*>(f.data); return true;
+    case PluginFieldType::kINT64: value = *static_cast<int64_t const*>(f.data); return true;
+    case PluginFieldType::kINT8: value = *static_cast<int8_t const*>(f.data); return true;
+    case PluginFieldType::kINT16: value = *static_cast<int16_t const*>(f.data); return true;
+    default: return false;
+    }
+}
+
 //! Read one scalar float field (kFLOAT32 from the ONNX parser; kFLOAT64 accepted for API users).
 bool readFloat(PluginField const& f, float& value)
 {
@@ -125,10 +143,12 @@ bool known(int64_t d)
 
 // ---- plugin -----------------------------------------------------------------------------------
 
-SwarmAggregatePlugin::SwarmAggregatePlugin(int32_t gridH, int32_t gridW, float distance, float percentile)
+SwarmAggregatePlugin::SwarmAggregatePlugin(
+    int32_t gridH, int32_t gridW, float distance, float percentile, int32_t selfWeight)
     : mGrid{gridH, gridW}
     , mDistance(distance)
     , mPercentile(percentile)
+    , mSelfWeight(selfWeight)
 {
 }
 
@@ -147,7 +167,7 @@ IPluginV3* SwarmAggregatePlugin::clone() noexcept
 {
     try
     {
-        return new SwarmAggregatePlugin(mGrid[0], mGrid[1], mDistance, mPercentile);
+        return new SwarmAggregatePlugin(mGrid[0], mGrid[1], mDistance, mPercentile, mSelfWeight);
     }
     catch (std::exception const& e)
     {
@@ -324,7 +344,7 @@ int32_t SwarmAggregatePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginT
     }
     SwarmAggregateParams const params{static_cast<int32_t>(f.d[0]), static_cast<int32_t>(f.d[1]),
         static_cast<int32_t>(f.d[2]), static_cast<int32_t>(u.d[2]), static_cast<int32_t>(idx.d[1]), mGrid[0],
-        mGrid[1], mDistance, mPercentile};
+        mGrid[1], mDistance, mPercentile, mSelfWeight};
     if (char const* why = validateSwarmAggregate(params))
     {
         logError(why);
@@ -356,6 +376,7 @@ PluginFieldCollection const* SwarmAggregatePlugin::getFieldsToSerialize() noexce
         mFieldsToSerialize.emplace_back(kATTR_GRID, mGrid, PluginFieldType::kINT32, 2);
         mFieldsToSerialize.emplace_back(kATTR_DISTANCE, &mDistance, PluginFieldType::kFLOAT32, 1);
         mFieldsToSerialize.emplace_back(kATTR_PERCENTILE, &mPercentile, PluginFieldType::kFLOAT32, 1);
+        mFieldsToSerialize.emplace_back(kATTR_SELF_WEIGHT, &mSelfWeight, PluginFieldType::kINT32, 1);
         mFieldCollection.nbFields = static_cast<int32_t>(mFieldsToSerialize.size());
         mFieldCollection.fields = mFieldsToSerialize.data();
         return &mFieldCollection;
@@ -373,9 +394,11 @@ SwarmAggregatePluginCreator::SwarmAggregatePluginCreator()
 {
     // The ONNX parser passes exactly the attributes named here, with the types it derives from
     // the node (ints -> kINT32, float -> kFLOAT32); the types below are what we serialise.
+    // self_weight is optional (absent from older exports: 1).
     mFields.emplace_back(kATTR_GRID, nullptr, PluginFieldType::kINT32, 2);
     mFields.emplace_back(kATTR_DISTANCE, nullptr, PluginFieldType::kFLOAT32, 1);
     mFields.emplace_back(kATTR_PERCENTILE, nullptr, PluginFieldType::kFLOAT32, 1);
+    mFields.emplace_back(kATTR_SELF_WEIGHT, nullptr, PluginFieldType::kINT32, 1);
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
     mFieldCollection.fields = mFields.data();
 }
@@ -414,6 +437,7 @@ IPluginV3* SwarmAggregatePluginCreator::createPlugin(
         int64_t grid[2] = {0, 0};
         float distance = 0.F;
         float percentile = -1.F;
+        int64_t selfWeight = 1; // absent in exports made before the attribute existed: the LLaVA rule
         bool seen[3] = {false, false, false};
         for (int32_t i = 0; i < fc->nbFields; ++i)
         {
@@ -434,6 +458,10 @@ IPluginV3* SwarmAggregatePluginCreator::createPlugin(
             else if (std::strcmp(f.name, kATTR_PERCENTILE) == 0)
             {
                 ok = seen[2] = readFloat(f, percentile);
+            }
+            else if (std::strcmp(f.name, kATTR_SELF_WEIGHT) == 0)
+            {
+                ok = readInt(f, selfWeight);
             }
             if (!ok)
             {
@@ -457,8 +485,13 @@ IPluginV3* SwarmAggregatePluginCreator::createPlugin(
             logError(node + ": distance must be > 0 and percentile in [0, 1]");
             return nullptr;
         }
-        return new SwarmAggregatePlugin(
-            static_cast<int32_t>(grid[0]), static_cast<int32_t>(grid[1]), distance, percentile);
+        if (selfWeight != 0 && selfWeight != 1)
+        {
+            logError(node + ": self_weight must be 0 or 1, got " + std::to_string(selfWeight));
+            return nullptr;
+        }
+        return new SwarmAggregatePlugin(static_cast<int32_t>(grid[0]), static_cast<int32_t>(grid[1]), distance,
+            percentile, static_cast<int32_t>(selfWeight));
     }
     catch (std::exception const& e)
     {

@@ -16,7 +16,10 @@
 //
 // The parser hands the creator only the fields listed by getFieldNames(): "grid" (ONNX ints,
 // delivered as kINT32 by the parsers we read; kINT64 is accepted too), "distance" and
-// "percentile" (ONNX float -> kFLOAT32; kFLOAT64 is accepted too).
+// "percentile" (ONNX float -> kFLOAT32; kFLOAT64 is accepted too), and "self_weight" (ONNX int,
+// kINT32; kINT64, kINT8 and kINT16 are accepted too). self_weight is optional: exports made
+// before it existed lack it, and its absence means 1 (the LLaVA rule: each row's self entry is
+// set to 1 after normalising); Qwen2.5-VL exports write 0 (the self entry keeps its value).
 //
 // vision.onnx keeps the ONNX function body on the node: parsers import it as a local function
 // unless the parser flag kENABLE_PLUGIN_OVERRIDE is set. vision.plugin.onnx has no body, so the
@@ -38,7 +41,7 @@ class SwarmAggregatePlugin : public nvinfer1::IPluginV3,
                              public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    SwarmAggregatePlugin(int32_t gridH, int32_t gridW, float distance, float percentile);
+    SwarmAggregatePlugin(int32_t gridH, int32_t gridW, float distance, float percentile, int32_t selfWeight);
     ~SwarmAggregatePlugin() override = default;
 
     // IPluginV3
@@ -79,6 +82,7 @@ private:
     int32_t mGrid[2];
     float mDistance;
     float mPercentile;
+    int32_t mSelfWeight; // 0 or 1
 
     std::vector<nvinfer1::PluginField> mFieldsToSerialize;
     nvinfer1::PluginFieldCollection mFieldCollection{};

@@ -12,9 +12,10 @@ namespace
 {
 
 nuwa::SwarmAggregateParams makeParams(int32_t batch, int32_t patches, int32_t dim, int32_t simDim, int32_t anchors,
-    int32_t gridH, int32_t gridW, float distance, float percentile)
+    int32_t gridH, int32_t gridW, float distance, float percentile, int32_t selfWeight)
 {
-    return nuwa::SwarmAggregateParams{batch, patches, dim, simDim, anchors, gridH, gridW, distance, percentile};
+    return nuwa::SwarmAggregateParams{
+        batch, patches, dim, simDim, anchors, gridH, gridW, distance, percentile, selfWeight};
 }
 
 bool validTypes(int32_t floatType, int32_t indexType)
@@ -88,10 +89,10 @@ const char* nuwa_status_string(int32_t status)
 }
 
 const char* nuwa_swarm_aggregate_check(int32_t batch, int32_t patches, int32_t dim, int32_t sim_dim, int32_t anchors,
-    int32_t grid_h, int32_t grid_w, float distance, float percentile)
+    int32_t grid_h, int32_t grid_w, float distance, float percentile, int32_t self_weight)
 {
     return nuwa::validateSwarmAggregate(
-        makeParams(batch, patches, dim, sim_dim, anchors, grid_h, grid_w, distance, percentile));
+        makeParams(batch, patches, dim, sim_dim, anchors, grid_h, grid_w, distance, percentile, self_weight));
 }
 
 size_t nuwa_swarm_aggregate_workspace_size(int32_t batch)
@@ -101,11 +102,11 @@ size_t nuwa_swarm_aggregate_workspace_size(int32_t batch)
 
 int32_t nuwa_swarm_aggregate(const void* features, const void* sim, const void* indices, const void* anchor_scores,
     void* tokens, void* workspace, int32_t batch, int32_t patches, int32_t dim, int32_t sim_dim, int32_t anchors,
-    int32_t grid_h, int32_t grid_w, float distance, float percentile, int32_t float_type, int32_t index_type,
-    void* stream)
+    int32_t grid_h, int32_t grid_w, float distance, float percentile, int32_t self_weight, int32_t float_type,
+    int32_t index_type, void* stream)
 {
     nuwa::SwarmAggregateParams const p
-        = makeParams(batch, patches, dim, sim_dim, anchors, grid_h, grid_w, distance, percentile);
+        = makeParams(batch, patches, dim, sim_dim, anchors, grid_h, grid_w, distance, percentile, self_weight);
     if (nuwa::validateSwarmAggregate(p) != nullptr || !validTypes(float_type, index_type) || features == nullptr
         || sim == nullptr || indices == nullptr || anchor_scores == nullptr || tokens == nullptr
         || workspace == nullptr)
@@ -119,11 +120,11 @@ int32_t nuwa_swarm_aggregate(const void* features, const void* sim, const void* 
 
 int32_t nuwa_swarm_aggregate_host(const void* features, const void* sim, const void* indices,
     const void* anchor_scores, void* tokens, int32_t batch, int32_t patches, int32_t dim, int32_t sim_dim,
-    int32_t anchors, int32_t grid_h, int32_t grid_w, float distance, float percentile, int32_t float_type,
-    int32_t index_type)
+    int32_t anchors, int32_t grid_h, int32_t grid_w, float distance, float percentile, int32_t self_weight,
+    int32_t float_type, int32_t index_type)
 {
     nuwa::SwarmAggregateParams const p
-        = makeParams(batch, patches, dim, sim_dim, anchors, grid_h, grid_w, distance, percentile);
+        = makeParams(batch, patches, dim, sim_dim, anchors, grid_h, grid_w, distance, percentile, self_weight);
     if (nuwa::validateSwarmAggregate(p) != nullptr || !validTypes(float_type, index_type) || features == nullptr
         || sim == nullptr || indices == nullptr || anchor_scores == nullptr || tokens == nullptr)
     {

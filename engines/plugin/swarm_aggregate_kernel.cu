@@ -12,7 +12,8 @@
 //     interpolation is ATen's lerp (weight < 0.5 ? lo + w (hi - lo) : hi - (hi - lo)(1 - w));
 //   - the penalty is 1 - min(1, dist / float32(sqrt(distance))) with IEEE sqrt and division
 //     (this file must not be built with --use_fast_math);
-//   - the row is normalised by (sum + 1e-8f) and the self entry is then set to 1.
+//   - the row is normalised by (sum + 1e-8f) and the self entry is then set to 1 when
+//     p.self_weight is 1 (self_override in the reference); with 0 it keeps its normalised value.
 // Sums (dot products, row sum, merge) run in a different order than torch's matmul, so results
 // agree to float32 rounding, not bit for bit.
 
@@ -168,9 +169,12 @@ __global__ void swarmAggregateKernel(SwarmAggregateParams p, T const* __restrict
     }
     int32_t const a = static_cast<int32_t>(a64);
 
-    // Pillars keep only themselves: their row is one-hot at the anchor, so Z = F[a] exactly.
+    // Pillars keep only themselves. With self_weight 1 their row is one-hot at the anchor, so
+    // Z = F[a] exactly; with self_weight 0 the self entry is A[k, a] / (A[k, a] + 1e-8), computed
+    // below like a collector's row with every other entry zeroed.
     float const score = toFloat(anchorScores[static_cast<size_t>(b) * p.anchors + k]);
-    if (score >= thresholds[b])
+    bool const pillar = score >= thresholds[b];
+    if (pillar && p.self_weight != 0)
     {
         for (int32_t d = threadIdx.x; d < D; d += blockDim.x)
         {
@@ -196,7 +200,7 @@ __global__ void swarmAggregateKernel(SwarmAggregateParams p, T const* __restrict
     __syncthreads();
 
     // Row of weights, one warp per patch j. Patches the penalty zeroes skip the dot product (their
-    // weight is exactly 0 in the reference too).
+    // weight is exactly 0 in the reference too), and so do a pillar's patches other than a.
     float const reach = static_cast<float>(sqrt(static_cast<double>(p.distance)));
     int32_t const ay = a / p.grid_w;
     int32_t const ax = a % p.grid_w;
@@ -211,7 +215,7 @@ __global__ void swarmAggregateKernel(SwarmAggregateParams p, T const* __restrict
         float const dist = sqrtf(__fadd_rn(__fmul_rn(dy, dy), __fmul_rn(dx, dx)));
         float const penalty = 1.F - fminf(dist / reach, 1.F);
         float w = 0.F;
-        if (penalty > 0.F)
+        if (penalty > 0.F && (!pillar || j == a))
         {
             T const* Uj = U + static_cast<size_t>(j) * Ds;
             float dot = 0.F;
@@ -236,15 +240,16 @@ __global__ void swarmAggregateKernel(SwarmAggregateParams p, T const* __restrict
     float const denom = __fadd_rn(blockSum(partial, scratch), kROW_EPS); // syncs: weights complete
     for (int32_t j = threadIdx.x; j < N; j += blockDim.x)
     {
-        weights[j] = j == a ? 1.F : weights[j] / denom;
+        weights[j] = j == a && p.self_weight != 0 ? 1.F : weights[j] / denom;
     }
     __syncthreads();
 
     // Merge: Z[d] = sum_j W[j] F[j, d]. Rows farther than the reach hold only zero weights; the
     // zero test is uniform across the block (W[j] is shared), so it costs no divergence.
+    // A pillar's row (self_weight 0) is zero except at a.
     int32_t const rows = static_cast<int32_t>(fminf(floorf(reach), static_cast<float>(p.grid_h)));
-    int32_t const jBegin = max(ay - rows, 0) * p.grid_w;
-    int32_t const jEnd = min(ay + rows + 1, p.grid_h) * p.grid_w;
+    int32_t const jBegin = pillar ? a : max(ay - rows, 0) * p.grid_w;
+    int32_t const jEnd = pillar ? a + 1 : min(ay + rows + 1, p.grid_h) * p.grid_w;
     for (int32_t d = threadIdx.x; d < D; d += blockDim.x)
     {
         float acc = 0.F;
@@ -314,6 +319,10 @@ char const* validateSwarmAggregate(SwarmAggregateParams const& p) noexcept
     if (!(p.percentile >= 0.F && p.percentile <= 1.F))
     {
         return "SwarmAggregate: percentile must be in [0, 1]";
+    }
+    if (p.self_weight != 0 && p.self_weight != 1)
+    {
+        return "SwarmAggregate: self_weight must be 0 or 1";
     }
     return nullptr;
 }

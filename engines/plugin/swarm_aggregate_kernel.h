@@ -12,11 +12,13 @@
 // interpolated quantile of s[b, :] at `percentile` (torch.quantile):
 //   A[k, j] = relu(cos(U_a, U_j)) * (1 - min(1, |grid(a) - grid(j)| / R))
 //   pillar anchors (s[b, k] >= t_b) keep only A[k, a]; collectors keep the whole row
-//   W[k, :] = A[k, :] / (sum_j A[k, j] + 1e-8), then W[k, a] = 1
+//   W[k, :] = A[k, :] / (sum_j A[k, j] + 1e-8), then W[k, a] = 1 when self_weight is 1 (LLaVA);
+//   with self_weight 0 (Qwen2.5-VL) W[k, a] keeps its normalised value
 //   Z[b, k, :] = sum_j W[k, j] F[b, j, :]
-// This is exactly nuwa_export.pruning.stage_one.swarm_weights followed by the merge. All
-// arithmetic is float32 whatever the I/O type. The K x N weights never touch global memory: one
-// thread block per (b, k) keeps its row in shared memory.
+// This is exactly nuwa_export.pruning.stage_one.swarm_weights (self_override = self_weight)
+// followed by the merge. The grid may have any sides, odd ones included. All arithmetic is
+// float32 whatever the I/O type. The K x N weights never touch global memory: one thread block
+// per (b, k) keeps its row in shared memory.
 #pragma once
 
 #include <cstddef>
@@ -52,6 +54,7 @@ struct SwarmAggregateParams
     int32_t grid_w;      //!< W
     float distance;      //!< > 0; the distance penalty reaches sqrt(distance) patches
     float percentile;    //!< in [0, 1]; pillar threshold quantile of anchor_scores
+    int32_t self_weight; //!< 1: W[k, a] = 1 after normalising (LLaVA); 0: kept as normalised (Qwen2.5-VL)
 };
 
 //! Returns nullptr when `p` describes a valid call, otherwise a static message saying why not.

@@ -10,7 +10,9 @@ registry instead. Inputs:
 - ``indices [B, K]`` int64: anchor patch indices, ascending.
 - ``anchor_scores [B, K]`` float: CLS attention of each anchor (pillar threshold).
 
-Output ``tokens [B, K, D]``. Attributes: ``grid`` ints ``[H, W]``, ``distance``, ``percentile``.
+Output ``tokens [B, K, D]``. Attributes: ``grid`` ints ``[H, W]`` (any sides), ``distance`` (reach
+``sqrt(distance)`` patches), ``percentile``, and ``self_weight`` (int, default 1): 1 sets each row's
+self entry to 1.0 after normalising (LLaVA), 0 keeps it as normalised (Qwen2.5-VL).
 The torch implementation is :func:`nuwa_export.pruning.aggregation_weights` followed by the
 merge, so eager, exported and reference computations are one definition.
 """
@@ -25,7 +27,8 @@ from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
 from nuwa_export.constants import OP_ATTRIBUTES, OP_DOMAIN, OP_NAME, OP_VERSION, OPSET
-from nuwa_export.pruning.stage_one import ROW_EPS, swarm_weights
+from nuwa_export.pruning.spec import StageOneSpec, weights
+from nuwa_export.pruning.stage_one import ROW_EPS
 
 assert OPSET == 18, "the function body below is written against onnxscript.opset18"
 
@@ -57,6 +60,7 @@ def register_schema() -> None:
             attr("grid", kinds.INTS, "[H, W] with H*W = N", required=True),
             attr("distance", kinds.FLOAT, "reach is sqrt(distance) patches", required=True),
             attr("percentile", kinds.FLOAT, "pillar quantile of anchor_scores", required=True),
+            defs.OpSchema.Attribute("self_weight", onnx.helper.make_attribute("self_weight", 1), "1: self entry 1.0 after normalising"),
         ],
     )
     schema.set_type_and_shape_inference_function(_infer_shape)
@@ -71,14 +75,14 @@ NUWA = Opset(OP_DOMAIN, OP_VERSION)
 @torch.library.custom_op("nuwa::swarm_aggregate", mutates_args=())
 def swarm_aggregate(
     features: torch.Tensor, sim: torch.Tensor, indices: torch.Tensor, anchor_scores: torch.Tensor,
-    grid: list[int], distance: float, percentile: float,
+    grid: list[int], distance: float, percentile: float, self_weight: int = 1,
 ) -> torch.Tensor:
-    weights = swarm_weights(sim, indices, anchor_scores, tuple(grid), distance, percentile)
-    return (weights @ features.float()).to(features.dtype)
+    spec = StageOneSpec(1, distance, percentile, bool(self_weight))
+    return (weights(sim, indices, anchor_scores, tuple(grid), spec) @ features.float()).to(features.dtype)
 
 
 @swarm_aggregate.register_fake
-def _(features, sim, indices, anchor_scores, grid, distance, percentile):
+def _(features, sim, indices, anchor_scores, grid, distance, percentile, self_weight=1):
     return features.new_empty(features.shape[0], indices.shape[1], features.shape[2])
 
 
@@ -86,7 +90,7 @@ def _(features, sim, indices, anchor_scores, grid, distance, percentile):
 @script(NUWA, default_opset=op)
 def SwarmAggregate(
     features: FLOAT, sim: FLOAT, indices: INT64, anchor_scores: FLOAT,
-    grid: list[int], distance: float, percentile: float,
+    grid: list[int], distance: float, percentile: float, self_weight: int = 1,
 ) -> FLOAT:
     one = op.Constant(value_float=1.0)
     width = op.Gather(op.Constant(value_ints=grid), op.Constant(value_int=1), axis=0)
@@ -116,17 +120,20 @@ def SwarmAggregate(
     kept = op.Where(op.And(pillar, op.Not(is_self)), op.Constant(value_float=0.0), weights)
     row_sum = op.ReduceSum(kept, op.Constant(value_ints=[-1]), keepdims=1)
     normalised = kept / (row_sum + op.Constant(value_float=ROW_EPS))
-    merge = op.Where(is_self, one, normalised)
+    override = op.And(is_self, op.Cast(op.Constant(value_int=self_weight), to=9))
+    merge = op.Where(override, one, normalised)
     return op.MatMul(merge, features)
 
 
 def _translation(
     features: FLOAT, sim: FLOAT, indices: INT64, anchor_scores: FLOAT,
-    grid: list[int], distance: float, percentile: float,
+    grid: list[int], distance: float, percentile: float, self_weight: int = 1,
 ) -> FLOAT:
     # One opaque node. Handing the @script function itself to the exporter would get it inlined
     # (torch.onnx always runs onnxscript's version converter, which inlines functions).
-    return NUWA.SwarmAggregate(features, sim, indices, anchor_scores, grid=grid, distance=distance, percentile=percentile)
+    return NUWA.SwarmAggregate(
+        features, sim, indices, anchor_scores, grid=grid, distance=distance, percentile=percentile, self_weight=self_weight,
+    )
 
 
 def _sort_stable(self, *, stable=None, dim=-1, descending=False):
@@ -146,7 +153,8 @@ CUSTOM_TRANSLATIONS = {
 
 def function_proto() -> onnx.FunctionProto:
     fp = SwarmAggregate.to_function_proto()
-    assert sorted(a for a in fp.attribute) == sorted(OP_ATTRIBUTES), fp.attribute
+    names = [*fp.attribute, *(a.name for a in fp.attribute_proto)]  # attribute_proto: those with a default
+    assert sorted(names) == sorted(OP_ATTRIBUTES), names
     return fp
 
 

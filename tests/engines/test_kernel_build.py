@@ -33,14 +33,18 @@ def test_library_exports_exactly_the_c_abi(kernel_library):
 def test_library_loads_without_a_gpu_and_validates_arguments(kernel_library):
     # The CUDA runtime is linked statically, so loading needs no libcudart.so and no driver.
     lib = ctypes.CDLL(str(kernel_library))
-    assert lib.nuwa_kernels_abi_version() == 1
+    assert lib.nuwa_kernels_abi_version() == 2  # 2: self_weight after percentile
     check = lib.nuwa_swarm_aggregate_check
-    check.argtypes = [ctypes.c_int32] * 7 + [ctypes.c_float] * 2
+    check.argtypes = [ctypes.c_int32] * 7 + [ctypes.c_float] * 2 + [ctypes.c_int32]
     check.restype = ctypes.c_char_p
-    assert check(2, 576, 1024, 1024, 112, 24, 24, 280.0, 0.55) is None
-    assert b"grid" in check(2, 575, 1024, 1024, 112, 24, 24, 280.0, 0.55)
-    assert b"percentile" in check(2, 576, 1024, 1024, 112, 24, 24, 280.0, 1.5)
-    assert b"distance" in check(2, 576, 1024, 1024, 112, 24, 24, 0.0, 0.55)
+    assert check(2, 576, 1024, 1024, 112, 24, 24, 280.0, 0.55, 1) is None
+    assert check(2, 576, 1024, 1024, 112, 24, 24, 280.0, 0.55, 0) is None
+    assert check(1, 35, 8, 8, 5, 5, 7, 47.36, 0.1, 0) is None  # odd sides are fine
+    assert b"grid" in check(2, 575, 1024, 1024, 112, 24, 24, 280.0, 0.55, 1)
+    assert b"percentile" in check(2, 576, 1024, 1024, 112, 24, 24, 280.0, 1.5, 1)
+    assert b"distance" in check(2, 576, 1024, 1024, 112, 24, 24, 0.0, 0.55, 1)
+    assert b"self_weight" in check(2, 576, 1024, 1024, 112, 24, 24, 280.0, 0.55, 2)
+    assert b"self_weight" in check(2, 576, 1024, 1024, 112, 24, 24, 280.0, 0.55, -1)
     lib.nuwa_swarm_aggregate_workspace_size.argtypes = [ctypes.c_int32]
     lib.nuwa_swarm_aggregate_workspace_size.restype = ctypes.c_size_t
     assert lib.nuwa_swarm_aggregate_workspace_size(3) == 12
@@ -50,12 +54,14 @@ def test_host_entry_point_rejects_bad_shapes_before_touching_cuda(kernel_library
     lib = ctypes.CDLL(str(kernel_library))
     lib.nuwa_status_string.restype = ctypes.c_char_p
     host = lib.nuwa_swarm_aggregate_host
-    host.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32] * 7 + [ctypes.c_float] * 2 + [ctypes.c_int32] * 2
+    host.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int32] * 7 + [ctypes.c_float] * 2 + [ctypes.c_int32] * 3
     host.restype = ctypes.c_int32
     buf = np.zeros(64, np.float32).ctypes.data_as(ctypes.c_void_p)
     # N = 15 is not 4 x 4
-    status = host(buf, buf, buf, buf, buf, 1, 15, 2, 2, 1, 4, 4, 280.0, 0.55, 0, 0)
+    status = host(buf, buf, buf, buf, buf, 1, 15, 2, 2, 1, 4, 4, 280.0, 0.55, 1, 0, 0)
     assert status == -1
     assert b"invalid argument" in lib.nuwa_status_string(status)
     # unknown float type
-    assert host(buf, buf, buf, buf, buf, 1, 16, 2, 2, 1, 4, 4, 280.0, 0.55, 7, 0) == -1
+    assert host(buf, buf, buf, buf, buf, 1, 16, 2, 2, 1, 4, 4, 280.0, 0.55, 1, 7, 0) == -1
+    # self_weight is 0 or 1
+    assert host(buf, buf, buf, buf, buf, 1, 16, 2, 2, 1, 4, 4, 280.0, 0.55, 3, 0, 0) == -1

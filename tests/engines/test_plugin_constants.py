@@ -30,7 +30,21 @@ def test_op_identity_matches_the_exporter():
 
 def test_attribute_names_match_in_order():
     c = header_constants()
-    assert (c["kATTR_GRID"], c["kATTR_DISTANCE"], c["kATTR_PERCENTILE"]) == OP_ATTRIBUTES
+    assert (c["kATTR_GRID"], c["kATTR_DISTANCE"], c["kATTR_PERCENTILE"], c["kATTR_SELF_WEIGHT"]) == OP_ATTRIBUTES
+    assert [name for name in c if name.startswith("kATTR_")] == ["kATTR_GRID", "kATTR_DISTANCE", "kATTR_PERCENTILE",
+                                                                 "kATTR_SELF_WEIGHT"]
+
+
+def test_plugin_reads_serialises_and_lists_every_attribute():
+    # The parser hands the creator only the fields getFieldNames() lists, and an engine keeps only
+    # what getFieldsToSerialize() returns: an attribute missing from either is silently dropped.
+    plugin = (HEADER.parent / "NuwaSwarmAggregatePlugin.cpp").read_text()
+    constants = [name for name in header_constants() if name.startswith("kATTR_")]
+    assert len(constants) == len(OP_ATTRIBUTES)
+    for name in constants:
+        assert re.search(rf"mFields\.emplace_back\({name},", plugin), f"{name} missing from getFieldNames()"
+        assert re.search(rf"mFieldsToSerialize\.emplace_back\({name},", plugin), f"{name} is not serialised"
+        assert re.search(rf"strcmp\(f\.name, {name}\)", plugin), f"createPlugin does not read {name}"
 
 
 def test_plugin_lookup_keys_match_what_the_onnx_parser_asks_for():

@@ -45,7 +45,7 @@ def test_graph_has_one_swarm_node_with_body_and_plugin_variant_without(demo_expo
     for model in (full, plugin):
         (node,) = _swarm_nodes(model)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        assert attrs == {"grid": [16, 16], "distance": 280.0, "percentile": pytest.approx(0.55)}
+        assert attrs == {"grid": [16, 16], "distance": 280.0, "percentile": pytest.approx(0.55), "self_weight": 1}
         ops.register_schema()
         onnx.checker.check_model(model, full_check=True)
     assert [(f.domain, f.name) for f in full.functions] == [(OP_DOMAIN, OP_NAME)]
