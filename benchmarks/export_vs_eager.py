@@ -42,7 +42,8 @@ class AuthorsEager:
     def __init__(self, ckpt: Path, budgets, options, image_config) -> None:
         from transformers import LlavaForConditionalGeneration
 
-        from nuwa_export.models.llava import LlavaParts, cache_keyword
+        from nuwa_export.models.decoder import cache_keyword
+        from nuwa_export.models.llava import LlavaParts
 
         model = LlavaForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager").eval()
         self.parts, self.b, self.o, self.image_config = LlavaParts(model), budgets, options, image_config
@@ -58,7 +59,7 @@ class AuthorsEager:
         """Preprocess, vision + stage one, prefill with stage two; ``(logits, s1, s2, timings_ms)``."""
         from nuwa_export.generation import Clock
         from nuwa_export.image import preprocess
-        from nuwa_export.models.llava import KVCache, causal_mask, decoder_stack
+        from nuwa_export.models.decoder import KVCache, causal_mask, decoder_stack
         from nuwa_export.pruning import position_ids, stage_one, stage_two
 
         p, b, o = self.parts, self.b, self.o

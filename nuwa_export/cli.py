@@ -102,12 +102,14 @@ def _guard(prog: str, main: Callable[[list[str] | None], int], argv: list[str] |
 
 
 #: The budget and stage-one flags (argparse ``dest`` names); each defaults to None = not given.
-BUDGET_FLAGS = ("keep", "stage_one_keep", "stage_two_keep", "stage_two_layer", "per_region", "distance", "percentile")
+BUDGET_FLAGS = ("keep", "keep_ratio", "stage_one_keep", "stage_two_keep", "stage_two_layer", "per_region", "distance", "percentile")
+#: What an export fixes besides the budgets.
+FIXED_AT_EXPORT = (*BUDGET_FLAGS, "image_size")
 
 
-def given_budget_flags(args: argparse.Namespace) -> list[str]:
+def given_budget_flags(args: argparse.Namespace, flags: tuple[str, ...] = BUDGET_FLAGS) -> list[str]:
     """The budget flags given on the command line, as typed (``--keep``, ...)."""
-    return [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f, None) is not None]
+    return [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, None) is not None]
 
 
 def check_budget_flags(args: argparse.Namespace) -> None:
@@ -119,21 +121,30 @@ def check_budget_flags(args: argparse.Namespace) -> None:
 
 def add_budget_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning budgets (docs/algorithm.md §1, §6)")
-    g.add_argument("--keep", type=int, help="average vision tokens per LLM layer (default: 64 of 576, same fraction elsewhere)")
+    g.add_argument("--keep", type=int, help="average vision tokens per LLM layer (default: 64 of 576 for LLaVA, same fraction elsewhere)")
+    g.add_argument(
+        "--keep-ratio", type=finite_float, metavar="R",
+        help="Qwen2.5-VL: the paper's schedule, 0.25, 0.5 (default) or 0.75 of the image tokens (LLaVA: keep = R·patches)",
+    )
     g.add_argument("--stage-one-keep", type=int, metavar="K1", help="tokens kept after the vision tower (default 7·keep/4)")
     g.add_argument("--stage-two-keep", type=int, metavar="K2", help="tokens kept from the stage-two layer on (default keep/4)")
     g.add_argument("--stage-two-layer", type=int, metavar="L", help="first LLM layer that sees only K2 tokens (default N/2)")
-    g.add_argument("--no-prune", action="store_true", help="keep every patch in every layer (plain LLaVA)")
+    g.add_argument("--no-prune", action="store_true", help="keep every patch in every layer (the plain model)")
     g.add_argument("--per-region", type=int, metavar="N", help="stage-one slots per 2x2 region (default min(4, ceil(K1/regions)))")
     g.add_argument("--distance", type=finite_float, help="swarm distance (reach sqrt(distance) patches; default 280)")
-    g.add_argument("--percentile", type=finite_float, help="pillar quantile of anchor scores (default 0.55)")
+    g.add_argument("--percentile", type=finite_float, help="pillar quantile of anchor scores (default 0.55; Qwen2.5-VL 0.1)")
+    g.add_argument(
+        "--image-size", type=int, metavar="PX",
+        help="Qwen2.5-VL: the fixed image side the vision graph takes, a multiple of 28 (default 448: 16x16 tokens)",
+    )
 
 
 def run_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nuwa-run", description="Answer a question about an image with Nüwa-pruned LLaVA.")
+    p = _Parser(prog="nuwa-run", description="Answer a question about an image with Nüwa-pruned LLaVA-1.5 or Qwen2.5-VL.")
     p.add_argument(
         "model", type=user_path, metavar="MODEL",
-        help="an export directory (from nuwa-export), or llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id",
+        help="an export directory (from nuwa-export), or llava-1.5-7b, llava-1.5-13b, qwen2.5-vl-3b, qwen2.5-vl-7b, demo, "
+        "demo-qwen2.5-vl, a checkpoint directory or a hub id",
     )
     p.add_argument("--image", type=user_path, help="image file (optional for the demo model: its example picture)")
     p.add_argument("--prompt", help="the question")
@@ -143,7 +154,7 @@ def run_parser() -> argparse.ArgumentParser:
         "temperature, top_p, seed, ground (relative images are read next to FILE); answered in batches",
     )
     p.add_argument("--batch-size", type=int, metavar="N", help="with --requests: requests side by side (default: the export's max_batch)")
-    p.add_argument("--ground", metavar="PHRASE", help="ask for the box of PHRASE (LLaVA-1.5 grounding) and print it in pixels")
+    p.add_argument("--ground", metavar="PHRASE", help="ask for the box of PHRASE (in the model family's own grounding format) and print it in pixels")
     p.add_argument("--draw", type=user_path, metavar="OUT.png", help="with --ground: save the image with the box drawn")
     p.add_argument(
         "--show-tokens", type=user_path, metavar="OUT.png",
@@ -258,8 +269,8 @@ def build_main(argv: list[str] | None = None) -> int:
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nuwa-export", description="Export LLaVA with Nüwa pruning to ONNX.")
-    p.add_argument("--model", required=True, type=user_path, help="llava-1.5-7b, llava-1.5-13b, demo, a checkpoint directory or a hub id")
+    p = _Parser(prog="nuwa-export", description="Export LLaVA-1.5 or Qwen2.5-VL with Nüwa pruning to ONNX.")
+    p.add_argument("--model", required=True, type=user_path, help="llava-1.5-7b, llava-1.5-13b, qwen2.5-vl-3b, qwen2.5-vl-7b, demo, demo-qwen2.5-vl, a checkpoint directory or a hub id")
     p.add_argument("--out", required=True, type=user_path, help="export directory (written atomically)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument(
@@ -326,6 +337,11 @@ def eval_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=user_path, metavar="DIR", help="as for nuwa-eval")
     p.add_argument("--predictions", required=True, type=user_path, metavar="FILE.jsonl")
     p.add_argument("--box-convention", choices=["lmms-eval", "padded"], default="lmms-eval")
+    p.add_argument(
+        "--family", choices=["llava", "qwen2_5_vl"], default="llava",
+        help="how the answers write boxes: llava (0-1, default) or qwen2_5_vl (bbox_2d pixels of the --image-size square)",
+    )
+    p.add_argument("--image-size", type=int, default=448, metavar="PX", help="with --family qwen2_5_vl: the square side the model saw (default 448)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 

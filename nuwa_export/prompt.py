@@ -1,4 +1,5 @@
-"""The LLaVA-1.5 prompt: ``USER: <image>\\n{prompt} ASSISTANT:``, split around the image."""
+"""Prompts split around the image: LLaVA-1.5's ``USER: <image>\\n{prompt} ASSISTANT:``, and a
+tokenizer's own chat template (Qwen2.5-VL)."""
 
 from __future__ import annotations
 
@@ -35,26 +36,45 @@ def check_text(text: str, what: str) -> None:
 
 def build_prompt(tokenizer, text: str, image_token_id: int) -> Prompt:
     """Tokenize ``text`` in the LLaVA-1.5 template (BOS included) and find the image slot."""
+    _check_question(tokenizer, text, image_token_id, IMAGE_TOKEN)
+    return _split(list(tokenizer(TEMPLATE.format(prompt=text)).input_ids), image_token_id, "the tokenized prompt")
+
+
+def _check_question(tokenizer, text: str, image_token_id: int, image_token: str) -> None:
     if not text.strip():
         raise NuwaError("--prompt is empty")
     check_text(text, "the prompt")
-    if IMAGE_TOKEN in text:
-        raise NuwaError(f"--prompt must not contain {IMAGE_TOKEN}; the image is placed by the chat template")
-    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != image_token_id:
+    if image_token in text:
+        raise NuwaError(f"--prompt must not contain {image_token}; the image is placed by the chat template")
+    if tokenizer.convert_tokens_to_ids(image_token) != image_token_id:
         raise NuwaError(
-            f"no image placeholder possible: the tokenizer does not map {IMAGE_TOKEN} to the model's "
+            f"no image placeholder possible: the tokenizer does not map {image_token} to the model's "
             f"image token id {image_token_id}"
         )
-    ids = list(tokenizer(TEMPLATE.format(prompt=text)).input_ids)
+
+
+def _split(ids: list[int], image_token_id: int, what: str) -> Prompt:
     slots = [i for i, t in enumerate(ids) if t == image_token_id]
     if len(slots) != 1:
-        raise NuwaError(f"no image placeholder possible: the tokenized prompt has {len(slots)} image tokens, expected 1")
+        raise NuwaError(f"no image placeholder possible: {what} has {len(slots)} image tokens, expected 1")
     at = slots[0]
     return Prompt(tuple(ids[:at]), tuple(ids[at + 1 :]), image_token_id)
 
 
+def build_chat_prompt(tokenizer, text: str, image_token_id: int, image_token: str) -> Prompt:
+    """Tokenize ``text`` after one image in the tokenizer's own chat template (a user turn and
+    the generation prompt; Qwen2.5-VL's) and find the image slot (``image_token``, once)."""
+    _check_question(tokenizer, text, image_token_id, image_token)
+    if not getattr(tokenizer, "chat_template", None):
+        raise NuwaError("the checkpoint's tokenizer has no chat template (tokenizer_config.json or chat_template.jinja)")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return _split(list(tokenizer(rendered, add_special_tokens=False).input_ids), image_token_id, "the chat template")
+
+
 def check_context(prompt: Prompt, num_patches: int, max_new_tokens: int, limit: int) -> None:
-    """Positions run to ``b + num_patches + c + max_new_tokens`` whatever is pruned: refuse past ``limit``."""
+    """Positions run to ``b + num_patches + c + max_new_tokens`` whatever is pruned (``num_patches``:
+    the positions the image spans, ``max(H, W)`` for M-RoPE): refuse past ``limit``."""
     need = len(prompt.before) + num_patches + len(prompt.after) + max_new_tokens
     if need > limit:
         raise NuwaError(

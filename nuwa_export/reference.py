@@ -18,20 +18,21 @@ from nuwa_export.constants import DEFAULT_MAX_BATCH
 from nuwa_export.errors import NuwaError
 from nuwa_export.generation import Batch, Clock, GenerationResult, Layout, Request, Transfers
 from nuwa_export.image import load_image, preprocess
-from nuwa_export.models.llava import KVCache
+from nuwa_export.models.decoder import KVCache
 from nuwa_export.models.loader import LoadedModel
 from nuwa_export.prompt import Prompt
-from nuwa_export.pruning import Budgets, pillar_mask, stage_one
+from nuwa_export.pruning import Budgets
+from nuwa_export.pruning.spec import run_stage_one
 from nuwa_export.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
 class StageOneOptions:
-    """Stage-one knobs (defaults: docs/algorithm.md §6)."""
+    """Stage-one knobs a user gave; None is the family's default (docs/algorithm.md §6, §10)."""
 
     per_region: int | None = None
-    distance: float = 280.0
-    percentile: float = 0.55
+    distance: float | None = None
+    percentile: float | None = None
 
 
 @dataclass
@@ -58,15 +59,17 @@ class PrefillOutput:
 
 
 class Reference:
-    """Nüwa generation on a loaded LLaVA model."""
+    """Nüwa generation on a loaded model of any family (its adapter's parts)."""
 
     def __init__(self, loaded: LoadedModel, budgets: Budgets, stage_one_options: StageOneOptions | None = None):
         self.loaded = loaded
         self.parts = loaded.parts
         self.budgets = budgets
-        self.options = stage_one_options or StageOneOptions()
         if budgets.num_patches != self.parts.num_patches or budgets.num_layers != self.parts.num_layers:
             raise NuwaError("budgets were resolved for another model")
+        o = stage_one_options or StageOneOptions()
+        #: stage one's settings (pruning.StageOneSpec), the family's defaults filled in
+        self.spec = self.family.stage_one(budgets, self.parts.grid, o.per_region, o.distance, o.percentile)
 
     # ---- stages -----------------------------------------------------------------------------
     def pixel_values(self, image) -> torch.Tensor:
@@ -84,12 +87,7 @@ class Reference:
         clock.lap("vision")
         b = self.budgets
         if b.prune:
-            o = self.options
-            merged, indices = stage_one(
-                signals.features, signals.sim, signals.cls_attention, self.parts.grid, b.k1,
-                per_region=o.per_region, distance=o.distance, percentile=o.percentile,
-            )
-            pillars = pillar_mask(signals.cls_attention.float().gather(1, indices), o.percentile)
+            merged, indices, pillars = run_stage_one(signals.features, signals.sim, signals.cls_attention, self.parts.grid, b.k1, self.spec)
         else:
             merged, pillars = signals.features, None
             indices = torch.arange(b.num_patches, device=merged.device).expand(merged.shape[0], -1)
@@ -100,7 +98,7 @@ class Reference:
 
     def prefill(self, vision: VisionOutput, prompt: Prompt, clock: Clock | None = None) -> PrefillOutput:
         """Run the prompt through the LLM with stage two before layer ``L`` (batch 1)."""
-        batch = Batch((Layout(prompt, self.budgets.num_patches),))
+        batch = Batch((Layout(prompt, self.family.positions(self.parts.grid)),))
         pre = generation.prefill(self.stages(), batch, vision.tokens, vision.indices, clock or self._clock())
         cache = KVCache()  # the two groups hold disjoint layers: one cache for decode_step
         for group in (pre.kv.prefix, pre.kv.suffix):
@@ -114,6 +112,8 @@ class Reference:
         p = self.parts
         hidden = p.embed(torch.tensor([[token]], device=p.device))
         pos = torch.tensor([[position]], device=p.device)
+        if getattr(p, "position_rows", 1) > 1:
+            pos = pos[None].expand(p.position_rows, -1, -1)
         return p.logits(p.run_layers(hidden, pos, cache, 0, p.num_layers))
 
     # ---- the whole job ----------------------------------------------------------------------
@@ -195,6 +195,7 @@ class TorchStages:
         self.max_positions = self.parts.config.text_config.max_position_embeddings
         self.eos_token_ids = reference.eos_ids()
         self.family = reference.family
+        self.positions = self.family.positions(self.parts.grid)
         self.device = self.parts.device
         self.transfers = Transfers()
 
@@ -240,7 +241,7 @@ class TorchStages:
             return p.run_layers(embeds, positions, past, 0, b.layer, pad), past, None
         layer_input = p.run_layers(embeds, positions, past, 0, b.layer - 1, pad)
         split = p.run_layers(layer_input, positions, past, b.layer - 1, b.layer, pad)
-        row = p.last_token_attention(b.layer - 1, layer_input, positions, past, pad)
+        row = p.stage_two_row(b.layer - 1, layer_input, positions, past, pad)
         columns = vision_start[:, None] + torch.arange(b.k1, device=row.device)[None, :]
         return split, past, row.gather(1, columns)
 

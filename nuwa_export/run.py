@@ -10,7 +10,6 @@ from pathlib import Path
 
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
-from nuwa_export.pruning import resolve_budgets
 from nuwa_export.sampling import SamplingConfig
 
 
@@ -30,10 +29,10 @@ def pick_image(args: argparse.Namespace, model_path: Path | None) -> Path:
 
 def _checkpoint_dir(model_id: str) -> Path | None:
     """Where the exported checkpoint lives, if it is here (for the demo's example picture)."""
-    if model_id == "demo":
-        from nuwa_export.models.demo import ensure_built
+    from nuwa_export.models.registry import DEMOS, resolve
 
-        return ensure_built()
+    if model_id in DEMOS:
+        return resolve(model_id)[0]
     return Path(model_id) if Path(model_id).is_dir() else None
 
 
@@ -44,7 +43,7 @@ def reference_for_export(directory: Path, manifest: mf.Manifest, device: str = "
     from nuwa_export.reference import Reference, StageOneOptions
     from nuwa_export.runtime.pipeline import budgets_of
 
-    info = inspect_checkpoint(manifest.model.id)
+    info = inspect_checkpoint(manifest.model.id, manifest.preprocessing.get("size"))
     files = {p.name: mf.sha256_file(p) for p in weight_files(info.path)}
     if files != manifest.model.weights:
         raise NuwaError(f"the checkpoint at {info.path} is not the one {directory} was exported from (weights sha256 differ)")
@@ -64,9 +63,9 @@ def build_runner(args: argparse.Namespace, need_image: bool = True):
 
     if is_export_dir(args.model):
         directory = Path(args.model).expanduser()
-        from nuwa_export.cli import given_budget_flags
+        from nuwa_export.cli import FIXED_AT_EXPORT, given_budget_flags
 
-        given = given_budget_flags(args) + (["--no-prune"] if args.no_prune else [])
+        given = given_budget_flags(args, FIXED_AT_EXPORT) + (["--no-prune"] if args.no_prune else [])
         if given:
             raise NuwaError(f"{' '.join(given)}: budgets are fixed when exporting; re-run nuwa-export to change them")
         manifest = mf.read(directory)
@@ -80,19 +79,17 @@ def build_runner(args: argparse.Namespace, need_image: bool = True):
             runner = Pipeline(directory, backend, args.device)
         return runner, image, manifest.model.id, backend
 
-    from nuwa_export.export.vision import stage_one_spec
     from nuwa_export.models.loader import inspect_checkpoint, load
     from nuwa_export.reference import Reference, StageOneOptions
 
     if args.backend not in (None, "torch"):
         raise NuwaError(f"--backend {args.backend} runs an export directory; export first: nuwa-export --model {args.model} --out DIR")
-    info = inspect_checkpoint(args.model)
+    info = inspect_checkpoint(args.model, args.image_size)
     image = load_image(pick_image(args, info.path)) if need_image else None
-    budgets = resolve_budgets(
-        info.num_patches, info.num_layers, args.keep, args.stage_one_keep, args.stage_two_keep,
-        args.stage_two_layer, prune=not args.no_prune,
+    budgets = info.budgets(
+        args.keep, args.stage_one_keep, args.stage_two_keep, args.stage_two_layer, prune=not args.no_prune, keep_ratio=args.keep_ratio,
     )
-    spec = stage_one_spec(budgets, info.grid, args.per_region, args.distance, args.percentile)
+    spec = info.stage_one(budgets, args.per_region, args.distance, args.percentile)
     loaded = load(info, dtype=args.dtype, device=args.device)
     return Reference(loaded, budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile)), image, info.model_id, "torch"
 

@@ -195,10 +195,11 @@ def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
     import torch
 
     from nuwa_export import generation
+    from nuwa_export.generation.layout import take_positions
     from nuwa_export.prompt import Prompt
 
-    b, stages, dtype = pipeline.budgets, pipeline.stages(), pipeline.embeddings.dtype
-    layout = generation.Layout(Prompt(tuple(rec.before), tuple(rec.after), pipeline.manifest.llm.image_token_id), b.num_patches)
+    stages, dtype = pipeline.stages(), pipeline.embeddings.dtype
+    layout = generation.Layout(Prompt(tuple(rec.before), tuple(rec.after), pipeline.manifest.llm.image_token_id), stages.positions)
     batch = generation.Batch((layout,))
     k1 = rec.vision_tokens.shape[1]
     to = lambda a: torch.from_numpy(a).to(stages.device)  # noqa: E731
@@ -213,7 +214,7 @@ def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
         checks.append(near_tie_sets("stage-two indices", kept.cpu().numpy(), rec.stage_two, rec.stage_two_scores, policy))
         rows = batch.rows_after_stage_two(to(rec.stage_two), k1)
     hidden = to(rec.split_hidden[:, rows[0].cpu().numpy()]).to(dtype)
-    logits, past2 = generation.run_suffix(stages, hidden, pos.gather(1, rows), pad, 1)
+    logits, past2 = generation.run_suffix(stages, hidden, take_positions(pos, rows), pad, 1)
     live = generation.Live(batch, generation.KVGroups(past1, past2), vision_start, pad)
     got = [t.float().cpu().numpy() for t in [logits, *generation.replay(stages, live, rec.generated_ids[:-1])]]
     checks.append(_close("first logits", got[0], rec.logits[0], policy))

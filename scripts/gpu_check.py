@@ -331,19 +331,19 @@ def build_kernel_library(build_dir: Path, arch: str, methods: tuple[str, ...] = 
 def kernel_reference(ck, case, features, sim, indices, scores):
     """``check_plugin_kernel.reference`` (``nuwa_export.export.ops.swarm_aggregate``); when that op's
     module cannot be imported (it needs onnxscript), the op's own body:
-    ``swarm_weights(...) @ features`` in float32, cast back."""
+    ``pruning.spec.weights(...) @ features`` in float32, cast back."""
     try:
         return ck.reference(case, features, sim, indices, scores), "nuwa_export.export.ops.swarm_aggregate"
     except ImportError as e:
         import numpy as np
         import torch
 
-        from nuwa_export.pruning.stage_one import swarm_weights
+        from nuwa_export.pruning.spec import StageOneSpec, weights
 
-        w = swarm_weights(torch.from_numpy(sim), torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(scores),
-                          tuple(case.grid), case.distance, case.percentile)
+        spec = StageOneSpec(1, case.distance, case.percentile, bool(getattr(case, "self_weight", 1)))
+        w = weights(torch.from_numpy(sim), torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(scores), tuple(case.grid), spec)
         out = (w @ torch.from_numpy(features).float()).to(torch.from_numpy(features).dtype)
-        return out.numpy(), f"swarm_weights(...) @ features, the body of ops.swarm_aggregate ({first_line(e)})"
+        return out.numpy(), f"pruning.spec.weights(...) @ features, the body of ops.swarm_aggregate ({first_line(e)})"
 
 
 def part_kernel(rec: "Recorder", args, deadline: float) -> None:
@@ -515,7 +515,7 @@ def part_reference(rec: "Recorder", args, deadline: float) -> None:
     rec.phase("build model")
     torch, device, sync, loaded = build_model(args, rec)
     from nuwa_export.models.demo import example_picture
-    from nuwa_export.models.llava import KVCache
+    from nuwa_export.models.decoder import KVCache
     from nuwa_export.prompt import build_prompt
     from nuwa_export.pruning import resolve_budgets
     from nuwa_export.reference import Reference, StageOneOptions
@@ -710,7 +710,8 @@ def authors_on_model(model, budgets, options, image_config, device):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from export_vs_eager import AuthorsEager
 
-    from nuwa_export.models.llava import LlavaParts, cache_keyword
+    from nuwa_export.models.decoder import cache_keyword
+    from nuwa_export.models.llava import LlavaParts
 
     class AuthorsOnModel(AuthorsEager):
         def __init__(self) -> None:  # noqa: D401 - see authors_on_model
@@ -744,8 +745,8 @@ def part_eager(rec: "Recorder", args, deadline: float) -> None:
     warm, runs = RUNS[mode]["ttft"]
     parts, net = loaded.parts, loaded.model
     b = resolve_budgets(parts.num_patches, parts.num_layers, keep=keep_for(parts.num_patches, args.tiny))
-    options = StageOneOptions()
-    ref = Reference(loaded, b, options)
+    ref = Reference(loaded, b, StageOneOptions())
+    options = ref.spec  # the defaults filled in: the authors' pipeline reads per_region, distance, percentile
     image = example_picture()
     prompt = build_prompt(loaded.tokenizer, PROMPT, loaded.image_token_id)
     rec.data["budgets"] = b.as_dict()

@@ -9,20 +9,26 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 
 
-@pytest.fixture(scope="session")
-def checkpoint_factory(tmp_path_factory):
-    """``make(seed=0, **sizes) -> Path``; each distinct checkpoint is built once per session."""
-    from nuwa_export.models import demo
-
+def _factory(tmp_path_factory, build, prefix: str):
+    """``make(seed=0, **sizes) -> Path`` over a demo builder; each distinct checkpoint is built
+    once per session."""
     built = {}
 
     def make(seed: int = 0, **sizes):
         key = (seed, tuple(sorted(sizes.items())))
         if key not in built:
-            built[key] = demo.build(tmp_path_factory.mktemp("ckpt") / "model", seed=seed, **sizes)
+            built[key] = build(tmp_path_factory.mktemp(prefix) / "model", seed=seed, **sizes)
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """Tiny LLaVA checkpoints (the demo builder): ``make(seed=0, **sizes) -> Path``."""
+    from nuwa_export.models import demo
+
+    return _factory(tmp_path_factory, demo.build, "ckpt")
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +57,35 @@ def demo_export(demo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "demo-k28"
     export(str(demo_dir), out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen_factory(tmp_path_factory):
+    """Tiny Qwen2.5-VL checkpoints (the demo-qwen2.5-vl builder): ``make(seed=0, **sizes) -> Path``."""
+    from nuwa_export.models import demo_qwen2_5_vl
+
+    return _factory(tmp_path_factory, demo_qwen2_5_vl.build, "qwen")
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(qwen_factory):
+    return qwen_factory(0)
+
+
+@pytest.fixture(scope="session")
+def qwen_export_factory(qwen_dir, tmp_path_factory):
+    """``make(keep_ratio=0.5, image_size=224, **flags) -> Path``: the Qwen demo exported (once per
+    distinct set of flags); tests copy an export before changing it."""
+    from nuwa_export.export.pipeline import export
+
+    built = {}
+
+    def make(keep_ratio: float | None = 0.5, image_size: int = 224, checkpoint=None, **flags):
+        key = (keep_ratio, image_size, str(checkpoint), tuple(sorted(flags.items())))
+        if key not in built:
+            out = tmp_path_factory.mktemp("qwen-export") / "exp"
+            export(str(checkpoint or qwen_dir), out, keep_ratio=keep_ratio, image_size=image_size, progress=False, **flags)
+            built[key] = out
+        return built[key]
+
+    return make

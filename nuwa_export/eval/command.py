@@ -33,7 +33,6 @@ from nuwa_export.eval.paths import check_writable_dir, user_path
 from nuwa_export.eval.tasks import BOX_CONVENTIONS, Task, get_task
 
 SCHEMA_VERSION = 1
-FAMILY = "llava"  # the grounding prompt and parser; the model family issue picks it per model
 
 
 def _say(msg: str) -> None:
@@ -107,7 +106,8 @@ def _open(run: runner.Run, spinner: bool):
         return run.open()
 
 
-def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task: Task, sampling, progress, started, model=None, batch_size: int = 1) -> None:
+def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task: Task, sampling, progress, started, model=None, batch_size: int = 1,
+             family: str = "llava") -> None:
     """Answer ``todo`` with ``run``'s model (``model``: already open), ``batch_size`` samples side
     by side; ``started()`` is called before the first answer is saved."""
     bar = progress.add_task(run.label, total=total, completed=total - len(todo))
@@ -122,7 +122,7 @@ def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task:
             samples = []
             for i in chunk:
                 image = data.image(i)  # a broken image names its sample
-                prompt = task.prompt(data.samples[i].text, FAMILY)
+                prompt = task.prompt(data.samples[i].text, family)
                 try:
                     runner.check_prompt(model, prompt, sampling)
                 except NuwaError as e:
@@ -145,10 +145,10 @@ def _execute(run: runner.Run, todo: list[int], total: int, data: EvalData, task:
         runner.close(model)
 
 
-def _result(run: runner.Run, data: EvalData, indices: list[int], convention: str, cfg) -> tuple[dict, dict]:
+def _result(run: runner.Run, data: EvalData, indices: list[int], convention: str, cfg, family: str = "llava") -> tuple[dict, dict]:
     recs = records.read_predictions(run.predictions, len(data), repair=True)
     answers = {i: recs[i]["answer"] for i in indices if i in recs}
-    metrics, rows = scoring.score(data, answers, convention, cfg)
+    metrics, rows = scoring.score(data, answers, convention, cfg, family)
     timed = [recs[i] for i in answers if "ms" in recs[i]]
     return {
         "label": run.label,
@@ -196,7 +196,7 @@ def _eval(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(task.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens)
     plan = runner.plan(args)
     out = user_path(args.out, "--out") if args.out else Path("eval") / f"{task.name}-{Path(args.model).name}-{plan.backend}"
-    settings = {"task": task.name, "data": data.fingerprint(), "family": FAMILY, "max_new_tokens": sampling.max_new_tokens, **plan.fingerprint}
+    settings = {"task": task.name, "data": data.fingerprint(), "family": plan.family, "max_new_tokens": sampling.max_new_tokens, **plan.fingerprint}
     fresh = _inspect_out(out, settings, args.force)
     for run in plan.runs:
         run.predictions = out / "predictions" / f"{run.label}.jsonl"
@@ -230,7 +230,7 @@ def _eval(args: argparse.Namespace) -> int:
     with report.progress_bar(enabled=tty) as progress:
         try:
             for run, todo in work:
-                _execute(run, todo, len(indices), data, task, sampling, progress, take_over, model if run is first else None, args.batch_size)
+                _execute(run, todo, len(indices), data, task, sampling, progress, take_over, model if run is first else None, args.batch_size, plan.family)
         except KeyboardInterrupt:
             if taken or not fresh:
                 have = len(records.read_predictions(run.predictions, len(data), repair=True))
@@ -255,11 +255,11 @@ def _summarise(args, task: Task, data: EvalData, indices: list[int], plan: runne
     convention = args.box_convention
     results, rows = [], {}
     for run in plan.runs:
-        res, rows[run.label] = _result(run, data, indices, convention, plan.image_config)
+        res, rows[run.label] = _result(run, data, indices, convention, plan.image_config, plan.family)
         results.append(res)
     baseline, retention = None, {}
     if plan.baseline is not None:
-        baseline, base_rows = _result(plan.baseline, data, indices, convention, plan.image_config)
+        baseline, base_rows = _result(plan.baseline, data, indices, convention, plan.image_config, plan.family)
         baseline["cache"] = baseline["predictions"]
         copy = out / "predictions" / "full.jsonl"
         recs = records.read_predictions(plan.baseline.predictions, len(data), repair=True)
@@ -301,7 +301,11 @@ def score_cli(args: argparse.Namespace) -> int:
     recs = records.read_predictions(user_path(args.predictions, "--predictions"), len(data))
     if not recs:
         raise NuwaError(f"{args.predictions} holds no predictions")
-    metrics, _ = scoring.score(data, {i: r["answer"] for i, r in recs.items()}, args.box_convention)
+    if args.image_size < 1:
+        raise NuwaError(f"--image-size must be at least 1, got {args.image_size}")
+    from nuwa_export.image import ImageConfig
+
+    metrics, _ = scoring.score(data, {i: r["answer"] for i, r in recs.items()}, args.box_convention, ImageConfig(size=args.image_size), args.family)
     result = {
         "task": task.name,
         "data": str(args.data),

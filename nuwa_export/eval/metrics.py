@@ -22,11 +22,12 @@ PADDED = ImageConfig(size=336)
 Box = tuple[float, float, float, float]
 
 
-def answer_box(task: Task, answer: str, size: tuple[int, int], convention: str, cfg: ImageConfig = PADDED) -> Box | None:
-    """The answer's box in 0–1 of the original image, or None when the answer has no box."""
+def answer_box(task: Task, answer: str, size: tuple[int, int], convention: str, cfg: ImageConfig = PADDED, family: str = "llava") -> Box | None:
+    """The answer's box in 0–1 of the original image, or None when the answer has no box
+    (``family``: how the answer writes its box, :data:`~nuwa_export.eval.tasks.GROUNDING_FORMATS`)."""
     if convention not in BOX_CONVENTIONS:
         raise ValueError(f"unknown box convention {convention!r}")
-    box = task.parse_box(answer)
+    box = task.parse_box(answer, family, cfg)
     if box is None:
         return None
     if convention == "padded":
@@ -95,7 +96,7 @@ def _pope(rows: list[dict]) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1, "yes_ratio": sum(r["pred"] == "yes" for r in rows) / len(rows)}
 
 
-def score(data, answers: dict[int, str], convention: str = "lmms-eval", cfg: ImageConfig = PADDED) -> tuple[dict, dict[int, dict]]:
+def score(data, answers: dict[int, str], convention: str = "lmms-eval", cfg: ImageConfig = PADDED, family: str = "llava") -> tuple[dict, dict[int, dict]]:
     """Score ``answers`` (sample index → text) on ``data``: (metrics, per-sample rows by index)."""
     task = data.task
     rows: dict[int, dict] = {}
@@ -103,7 +104,7 @@ def score(data, answers: dict[int, str], convention: str = "lmms-eval", cfg: Ima
         sample = data.samples[i]
         if task.grounding:
             size = data.size(i)
-            rows[i] = grounding_sample(answer_box(task, answers[i], size, convention, cfg), truth_box(sample.truth, size))
+            rows[i] = grounding_sample(answer_box(task, answers[i], size, convention, cfg, family), truth_box(sample.truth, size))
         else:
             rows[i] = vqa_sample(task, answers[i], sample.truth)
     return aggregate(task, list(rows.values())), rows

@@ -43,6 +43,7 @@ class Plan:
     runs: list[Run]
     baseline: Run | None
     fingerprint: dict
+    family: str = "llava"  # the model family (its grounding question and box format)
 
 
 def answer(runner, image, prompt: str, sampling) -> dict:
@@ -94,20 +95,17 @@ class _Loaded:
 
 
 def _reference_run(loaded: _Loaded, budgets, args: argparse.Namespace, fp: dict) -> Run:
-    from nuwa_export.export.vision import stage_one_spec
-    from nuwa_export.reference import Reference, StageOneOptions
+    from nuwa_export.reference import Reference
 
-    spec = stage_one_spec(budgets, loaded.info.grid, None)  # the default stage-one settings
     label = f"keep{budgets.keep}" if budgets.prune else "full"
-    opener = lambda: Reference(loaded(), budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile))
+    opener = lambda: Reference(loaded(), budgets)  # the family's default stage-one settings
     return Run(label, budgets.as_dict(), opener, {**fp, "budgets": budgets.as_dict()})
 
 
-def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = None, baseline_only: bool = False):
+def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = None, baseline_only: bool = False, image_size: int | None = None):
     from nuwa_export.models.loader import inspect_checkpoint, pick_device, pick_dtype
-    from nuwa_export.pruning import resolve_budgets
 
-    info = inspect_checkpoint(model)
+    info = inspect_checkpoint(model, image_size)
     loaded = _Loaded(info, dtype, args.device, vision_dtype)
     device = pick_device(args.device)
     resolved = str(pick_dtype(dtype, getattr(info.config, "dtype", None), device)).removeprefix("torch.")
@@ -115,11 +113,11 @@ def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = No
         "checkpoint": str(info.path), "weights": _weights_stamp(info.path), "backend": "torch",
         "dtype": resolved, "vision_dtype": vision_dtype or resolved, "device": device.type,
     }
-    full = _reference_run(loaded, resolve_budgets(info.num_patches, info.num_layers, prune=False), args, fp)
+    full = _reference_run(loaded, info.budgets(prune=False), args, fp)
     if baseline_only or args.no_prune:
         return info, loaded, [], full
     keeps = sorted(set(args.keep or [None]), key=lambda k: (k is None, k))
-    runs = [_reference_run(loaded, resolve_budgets(info.num_patches, info.num_layers, k), args, fp) for k in keeps]
+    runs = [_reference_run(loaded, info.budgets(k), args, fp) for k in keeps]
     return info, loaded, runs, full
 
 
@@ -133,7 +131,7 @@ def plan(args: argparse.Namespace) -> Plan:
             raise NuwaError(f"--backend {args.backend} runs an export directory; export first: nuwa-export --model {args.model} --out DIR")
         info, loaded, runs, full = _checkpoint_runs(args.model, args, args.dtype)
         baseline = None if args.no_baseline or not runs else (_baseline(args) if args.baseline else full)
-        return Plan(info.model_id, "torch", _image_config(info), runs or [full], baseline, {"model": full.fingerprint})
+        return Plan(info.model_id, "torch", _image_config(info), runs or [full], baseline, {"model": full.fingerprint}, info.family.name)
 
     from nuwa_export.runtime.pipeline import Pipeline, budgets_of, image_config_of
 
@@ -156,19 +154,19 @@ def plan(args: argparse.Namespace) -> Plan:
     baseline = None
     if b.prune and not args.no_baseline:
         baseline = _baseline(args) if args.baseline else _export_baseline(manifest, args)
-    return Plan(manifest.model.id, backend, image_config_of(manifest), [run], baseline, {"model": fp})
+    return Plan(manifest.model.id, backend, image_config_of(manifest), [run], baseline, {"model": fp}, manifest.family)
 
 
 def _image_config(info):
-    from nuwa_export.image import ImageConfig
-
-    return ImageConfig.from_pretrained(info.path, info.config.vision_config.image_size)
+    return info.family.image_config(info.path, info.image_size)
 
 
 def _export_baseline(manifest, args) -> Run:
     """The unpruned checkpoint an export came from, in the export's LLM dtype, vision in float32."""
     try:
-        _, _, _, full = _checkpoint_runs(manifest.model.id, args, manifest.llm.dtype, "float32", baseline_only=True)
+        _, _, _, full = _checkpoint_runs(
+            manifest.model.id, args, manifest.llm.dtype, "float32", baseline_only=True, image_size=manifest.preprocessing.get("size"),
+        )
     except NuwaError as e:
         raise NuwaError(f"the unpruned baseline needs the checkpoint this export came from ({e}); pass --baseline MODEL or --no-baseline") from None
     return full

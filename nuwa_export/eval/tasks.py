@@ -3,7 +3,7 @@
 A task knows how to ask (the prompt around a referring expression or a question), how many
 tokens to allow and which metric is its headline. How a model family words a grounding question
 and writes its box is the family's business: :data:`GROUNDING_FORMATS` holds one entry per family
-(LLaVA-1.5 today; another family adds its own prompt and parser there).
+(LLaVA-1.5 with lmms-eval's prompt; Qwen2.5-VL with its own question and ``bbox_2d`` answers).
 """
 
 from __future__ import annotations
@@ -34,22 +34,36 @@ BOX_CONVENTIONS = {
 class GroundingFormat:
     """How one model family is asked for a box, and how its answer is read.
 
-    ``parse`` returns ``(x1, y1, x2, y2)`` in 0–1 or None when the answer has no box.
+    ``parse`` returns ``(x1, y1, x2, y2)`` in the family's own coordinates, or None when the
+    answer has no box; ``unit(box, image_config)`` turns them into 0–1 of the square the model saw.
     """
 
     family: str
     prompt: Callable[[str], str]
     parse: Callable[[str], tuple[float, float, float, float] | None]
+    unit: Callable = lambda box, cfg: box
+
+
+def _qwen() -> GroundingFormat:
+    """Qwen2.5-VL is asked its own way (lmms-eval's 0–1 prompt is LLaVA's convention; Qwen answers
+    absolute pixels of the image it saw, as ``bbox_2d`` JSON)."""
+    from nuwa_export.models.families import family_named
+
+    g = family_named("qwen2_5_vl").grounding
+    return GroundingFormat("qwen2_5_vl", g.question, g.parse, g.unit)
 
 
 GROUNDING_FORMATS = {
     "llava": GroundingFormat("llava", lambda expression: BBOX_REC_PROMPT.format(expression=expression), grounding.parse_box),
+    "qwen2_5_vl": None,  # built on first use (the adapter imports this package)
 }
 
 
 def grounding_format(family: str = "llava") -> GroundingFormat:
     if family not in GROUNDING_FORMATS:
         raise NuwaError(f"no grounding prompt for model family '{family}' (known: {', '.join(sorted(GROUNDING_FORMATS))})")
+    if GROUNDING_FORMATS[family] is None:
+        GROUNDING_FORMATS[family] = _qwen()
     return GROUNDING_FORMATS[family]
 
 
@@ -75,8 +89,11 @@ class Task:
             text = text.capitalize()  # as lmms-eval's textvqa_doc_to_text does
         return f"{text.strip() if self.name == 'pope' else text}{SHORT_ANSWER}"
 
-    def parse_box(self, answer: str, family: str = "llava"):
-        return grounding_format(family).parse(answer)
+    def parse_box(self, answer: str, family: str = "llava", cfg=None):
+        """The answer's box in 0–1 of the square the model saw (``cfg``: its image config), or None."""
+        fmt = grounding_format(family)
+        box = fmt.parse(answer)
+        return None if box is None else fmt.unit(box, cfg)
 
 
 _REC = "referring expression -> box; mean IoU, Acc@0.1/0.3/0.5/0.7/0.9, centre accuracy"

@@ -1,13 +1,14 @@
 """The LLM split at the stage-two layer L, exported with explicit per-layer KV tensors.
 
 ``llm_prefix.onnx`` — decoder layers ``[0, L)``:
-  inputs ``inputs_embeds [B, S, D]``, ``position_ids [B, S]`` int64, ``vision_start [B]`` int64
+  inputs ``inputs_embeds [B, S, D]``, ``position_ids [B, S]`` int64 (``[3, B, S]`` for M-RoPE), ``vision_start [B]`` int64
   (per row, the cache index of its first vision token), ``pad_lengths [B]`` int64 (per row, the
   left-padding entries at the start of its cache, hidden from every real query),
   ``past_key_i`` / ``past_value_i`` ``[B, kv_heads, P, head_dim]`` for ``i < L`` (P may be 0);
   outputs ``hidden_states [B, S, D]``, ``present_key_i`` / ``present_value_i`` ``[B, kv, P+S, hd]``,
-  and ``stage_two_scores [B, K1]``: the head-mean attention of the last position at layer L-1
-  over the K1 cache entries from ``vision_start`` — one extra row, no attention map.
+  and ``stage_two_scores [B, K1]``: the family's stage-two score at layer L-1 over the K1 cache
+  entries from ``vision_start`` (LLaVA: head-mean attention of the last position; Qwen2.5-VL:
+  the last 3 positions' mean, max over heads) — a few extra rows, no attention map.
 ``llm_suffix.onnx`` — layers ``[L, N)``, final norm and lm_head:
   inputs ``hidden_states``, ``position_ids``, ``pad_lengths``, ``past_key_i`` / ``past_value_i``
   for ``i >= L``; outputs ``logits [B, V]`` of the last position and the present key/values.
@@ -20,11 +21,12 @@ and one decode step appends one entry to every row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from nuwa_export.models.llava import KVCache, LlavaParts, cache_keyword, causal_mask, decoder_stack, last_token_attention
+from nuwa_export.models.decoder import KVCache, cache_keyword, causal_mask, decoder_stack
 
 #: Trace sizes: not 0 or 1, which torch.export would specialise (validation uses 0 and 1).
 TRACE_SEQ, TRACE_PAST, TRACE_BATCH = 5, 3, 2
@@ -38,7 +40,7 @@ def kv_names(kind: str, layers: range) -> list[str]:
 class _Stack(nn.Module):
     """Decoder layers ``[start, end)`` over stacked past tensors."""
 
-    def __init__(self, parts: LlavaParts, start: int, end: int) -> None:
+    def __init__(self, parts: Any, start: int, end: int) -> None:
         super().__init__()
         self.start, self.end = start, end
         self.layers = nn.ModuleList(parts.lm.layers[start:end])
@@ -63,15 +65,16 @@ class _Stack(nn.Module):
 
 
 class PrefixGraph(nn.Module):
-    def __init__(self, parts: LlavaParts, layer: int, k1: int) -> None:
+    def __init__(self, parts: Any, layer: int, k1: int) -> None:
         super().__init__()
         self.stack = _Stack(parts, 0, layer)
         self.layer, self.k1 = layer, k1
+        self.stage_two_fn = parts.stage_two_fn
 
     def forward(self, inputs_embeds, position_ids, vision_start, pad_lengths, past):
         last = self.layer - 1
         hidden, present, cache, layer_input = self.stack.run(inputs_embeds, position_ids, pad_lengths, past, keep_input_of=last)
-        row = last_token_attention(self.stack.layers[last], self.stack.rotary, layer_input, position_ids, cache.keys[last], pad_lengths)
+        row = self.stage_two_fn(self.stack.layers[last], self.stack.rotary, layer_input, position_ids, cache.keys[last], pad_lengths)
         columns = vision_start[:, None] + torch.arange(self.k1, device=row.device)[None, :]
         columns = columns.clamp(max=row.shape[1] - 1)  # decode steps: scores are unused
         scores = row.gather(1, columns)
@@ -79,7 +82,7 @@ class PrefixGraph(nn.Module):
 
 
 class SuffixGraph(nn.Module):
-    def __init__(self, parts: LlavaParts, layer: int) -> None:
+    def __init__(self, parts: Any, layer: int) -> None:
         super().__init__()
         self.stack = _Stack(parts, layer, parts.num_layers)
         self.norm, self.lm_head = parts.lm.norm, parts.lm_head
@@ -90,6 +93,16 @@ class SuffixGraph(nn.Module):
         return logits, *present
 
 
+def _trace_positions(parts) -> torch.Tensor:
+    """``[B, S]`` (1-D RoPE) or ``[3, B, S]`` (M-RoPE) trace positions."""
+    pos = torch.arange(TRACE_SEQ).expand(TRACE_BATCH, -1)
+    return (pos if parts.position_rows == 1 else pos.expand(parts.position_rows, -1, -1)).contiguous()
+
+
+def _position_dims(parts, batch, seq) -> dict:
+    return {0: batch, 1: seq} if parts.position_rows == 1 else {1: batch, 2: seq}
+
+
 @dataclass(frozen=True)
 class LlmShapes:
     hidden: int
@@ -98,7 +111,7 @@ class LlmShapes:
     vocab: int
 
     @classmethod
-    def of(cls, parts: LlavaParts) -> "LlmShapes":
+    def of(cls, parts: Any) -> "LlmShapes":
         tc = parts.config.text_config
         head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
         return cls(tc.hidden_size, tc.num_key_value_heads, head_dim, tc.vocab_size)
@@ -113,21 +126,21 @@ def _export(module: nn.Module, args: tuple, input_names, output_names, dynamic_s
     program.save(str(path), external_data=external)
 
 
-def export_prefix(parts: LlavaParts, layer: int, k1: int, path, *, external: bool = False) -> None:
+def export_prefix(parts: Any, layer: int, k1: int, path, *, external: bool = False) -> None:
     s = LlmShapes.of(parts)
     batch, seq, past_len = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=1, max=8192), torch.export.Dim("past", min=0, max=8192)
     kv = torch.zeros(TRACE_BATCH, s.kv_heads, TRACE_PAST, s.head_dim, dtype=parts.dtype)
     past = tuple(kv.clone() for _ in range(2 * layer))
     args = (
         torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype),
-        torch.arange(TRACE_SEQ).expand(TRACE_BATCH, -1).contiguous(),
+        _trace_positions(parts),
         torch.tensor([1, 2]),
         torch.tensor([0, 1]),
         past,
     )
     dyn = {
         "inputs_embeds": {0: batch, 1: seq},
-        "position_ids": {0: batch, 1: seq},
+        "position_ids": _position_dims(parts, batch, seq),
         "vision_start": {0: batch},
         "pad_lengths": {0: batch},
         "past": tuple({0: batch, 2: past_len} for _ in past),
@@ -137,7 +150,7 @@ def export_prefix(parts: LlavaParts, layer: int, k1: int, path, *, external: boo
     _export(PrefixGraph(parts, layer, k1), args, names_in, names_out, dyn, path, external)
 
 
-def export_suffix(parts: LlavaParts, layer: int, path, *, external: bool = False) -> None:
+def export_suffix(parts: Any, layer: int, path, *, external: bool = False) -> None:
     s = LlmShapes.of(parts)
     n = parts.num_layers
     batch, seq, past_len = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=1, max=8192), torch.export.Dim("past", min=0, max=8192)
@@ -145,13 +158,13 @@ def export_suffix(parts: LlavaParts, layer: int, path, *, external: bool = False
     past = tuple(kv.clone() for _ in range(2 * (n - layer)))
     args = (
         torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype),
-        torch.arange(TRACE_SEQ).expand(TRACE_BATCH, -1).contiguous(),
+        _trace_positions(parts),
         torch.tensor([0, 1]),
         past,
     )
     dyn = {
         "hidden_states": {0: batch, 1: seq},
-        "position_ids": {0: batch, 1: seq},
+        "position_ids": _position_dims(parts, batch, seq),
         "pad_lengths": {0: batch},
         "past": tuple({0: batch, 2: past_len} for _ in past),
     }

@@ -10,7 +10,7 @@ import hashlib
 import json
 import types
 import typing
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
 from nuwa_export.constants import MANIFEST_SCHEMA_VERSION
@@ -57,6 +57,8 @@ class BudgetInfo:
     per_region: int
     distance: float
     percentile: float
+    keep_ratio: float | None = None  # Qwen2.5-VL's schedule, when it set the budgets
+    self_weight: bool = True  # the swarm's self entry is 1.0 after normalising (LLaVA); False: Qwen2.5-VL
 
 
 @dataclass(frozen=True)
@@ -119,13 +121,14 @@ def _build(cls, data, where: str):
         if not isinstance(data, dict):
             raise NuwaError(f"manifest: {where} should be an object")
         names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}  # added later; older manifests lack them
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data) - optional)
         if unknown:
             raise NuwaError(f"manifest: unknown key {where}.{unknown[0]} (written by a different nuwa-export?)")
         if missing:
             raise NuwaError(f"manifest: missing key {where}.{missing[0]}")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _build(hints[k], data[k], f"{where}.{k}") for k in names})
+        return cls(**{k: _build(hints[k], data[k], f"{where}.{k}") for k in names if k in data})
     if origin is dict:
         _, value_type = typing.get_args(cls)
         if not isinstance(data, dict):

@@ -81,6 +81,8 @@ def export(
     per_region: int | None = None,
     distance: float | None = None,
     percentile: float | None = None,
+    keep_ratio: float | None = None,
+    image_size: int | None = None,
     dtype: str = "float32",
     force: bool = False,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -103,17 +105,15 @@ def export(
 
     import gc
 
-    from nuwa_export.export.vision import stage_one_spec
     from nuwa_export.models.loader import inspect_checkpoint, load
-    from nuwa_export.pruning import resolve_budgets
     from nuwa_export.reference import Reference, StageOneOptions
 
-    info = inspect_checkpoint(model)  # bad flags are refused before anything slow starts
+    info = inspect_checkpoint(model, image_size)  # bad flags are refused before anything slow starts
     here, source = Path(os.path.realpath(out.expanduser())), Path(info.path).resolve()
     if here == source or here in source.parents:
         raise NuwaError(f"--out {out} would replace the checkpoint being exported ({info.path}); pick another directory")
-    budgets = resolve_budgets(info.num_patches, info.num_layers, keep, k1, k2, layer, prune=prune)
-    spec = stage_one_spec(budgets, info.grid, per_region, distance, percentile)
+    budgets = info.budgets(keep, k1, k2, layer, prune=prune, keep_ratio=keep_ratio)
+    spec = info.stage_one(budgets, per_region, distance, percentile)
     steps = Steps(progress)
     with steps(f"load checkpoint (LLM in {dtype}, vision in float32)"):
         loaded = load(info, dtype=dtype, device="cpu", vision_dtype="float32", text_attention="eager")
@@ -225,7 +225,8 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
         name: _graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
         for name, f in (("vision", VISION_FILE), ("vision_plugin", VISION_PLUGIN_FILE), ("llm_prefix", PREFIX_FILE), ("llm_suffix", SUFFIX_FILE))
     }
-    common = dict(kv_heads=shapes.kv_heads, head_dim=shapes.head_dim, hidden=shapes.hidden, max_positions=tc.max_position_embeddings, max_batch=max_batch)
+    common = dict(kv_heads=shapes.kv_heads, head_dim=shapes.head_dim, hidden=shapes.hidden, max_positions=tc.max_position_embeddings, max_batch=max_batch,
+                  position_rows=parts.position_rows)
     profiles = {
         "vision": vision_profiles(parts.image_size),
         "vision_plugin": vision_profiles(parts.image_size),
@@ -239,7 +240,7 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
         model=mf.ModelInfo(loaded.model_id, {p.name: mf.sha256_file(p) for p in weight_files(loaded.path)}),
         budgets=mf.BudgetInfo(
             budgets.keep, budgets.k1, budgets.k2, budgets.layer, budgets.num_layers, budgets.prune,
-            spec.per_region, spec.distance, spec.percentile,
+            spec.per_region, spec.distance, spec.percentile, budgets.keep_ratio, spec.self_weight,
         ),
         grid=list(parts.grid),
         num_patches=parts.num_patches,
@@ -297,7 +298,8 @@ def export_cli(args: argparse.Namespace) -> int:
     export(
         args.model, args.out, keep=args.keep, k1=args.stage_one_keep, k2=args.stage_two_keep,
         layer=args.stage_two_layer, prune=not args.no_prune, per_region=args.per_region,
-        distance=args.distance, percentile=args.percentile, dtype=args.dtype, force=args.force,
+        distance=args.distance, percentile=args.percentile, keep_ratio=args.keep_ratio, image_size=args.image_size,
+        dtype=args.dtype, force=args.force,
         max_batch=args.max_batch,
     )
     return 0

@@ -21,10 +21,12 @@ def vision_profiles(image_size: int) -> list[dict[str, list[list[int]]]]:
     return [{"pixel_values": [static, static, static]}]
 
 
-def llm_profiles(part: str, *, layers: range, kv_heads: int, head_dim: int, hidden: int, vision_tokens: int, max_positions: int, max_batch: int = 1):
+def llm_profiles(part: str, *, layers: range, kv_heads: int, head_dim: int, hidden: int, vision_tokens: int, max_positions: int, max_batch: int = 1,
+                 position_rows: int = 1):
     """Profile 0: prefill (past 0, prompts of ``vision_tokens`` + text); profile 1: decode (1
     token). Batch ``[1, 1, max_batch]`` in prefill (one request is the common case there) and
-    ``[1, min(8, max_batch), max_batch]`` in decode, where batching pays."""
+    ``[1, min(8, max_batch), max_batch]`` in decode, where batching pays. ``position_rows`` 3:
+    M-RoPE positions ``[3, B, S]``."""
     first = "inputs_embeds" if part == "prefix" else "hidden_states"
     lo_seq = vision_tokens + 1
     opt_seq = min(vision_tokens + TYPICAL_TEXT, max_positions)
@@ -33,7 +35,7 @@ def llm_profiles(part: str, *, layers: range, kv_heads: int, head_dim: int, hidd
     opt_past = min(opt_seq + 64, max_past)
 
     def profile(seq: tuple[int, int, int], past: tuple[int, int, int], batch: tuple[int, int, int]) -> dict[str, list[list[int]]]:
-        p = {first: [[b, s, hidden] for b, s in zip(batch, seq)], "position_ids": [[b, s] for b, s in zip(batch, seq)]}
+        p = {first: [[b, s, hidden] for b, s in zip(batch, seq)], "position_ids": [[b, s] if position_rows == 1 else [position_rows, b, s] for b, s in zip(batch, seq)]}
         if part == "prefix":
             p["vision_start"] = [[b] for b in batch]
         p["pad_lengths"] = [[b] for b in batch]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nuwa_export.generation.layout import Batch, Layout, layout_for
+from nuwa_export.generation.layout import Batch, Layout, layout_for, step_positions, take_positions
 from nuwa_export.generation.loop import decode_loop
 from nuwa_export.generation.result import Clock, GenerationResult, Transfers
 from nuwa_export.image import load_image, preprocess
@@ -106,7 +106,7 @@ def prefill(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor, c
         if stages.budgets.prune:
             kept, rows = select(stages, batch, scores, tokens.shape[1])
             hidden = split.gather(1, rows[..., None].expand(-1, -1, split.shape[2]))
-            pos2 = pos.gather(1, rows)
+            pos2 = take_positions(pos, rows)
         clock.lap("stage_two")
         logits, past2 = run_suffix(stages, hidden, pos2, pad, batch.size)
         clock.lap("suffix")
@@ -132,6 +132,7 @@ def step(stages, live: Live, tokens: Sequence[int], i: int):
     """Feed back generated token ``i`` of every live row through both KV groups → ``[B, V]``."""
     with torch.inference_mode():
         ids, pos = stages.to_device([[[t] for t in tokens], [[p] for p in live.batch.decode_positions(i)]])
+        pos = step_positions(live.batch, pos)
         e = stages.embed(ids)
         h, live.kv.prefix, _ = stages.prefix(e, pos, live.vision_start, live.pad, live.kv.prefix)
         logits, live.kv.suffix = stages.suffix(h, pos, live.pad, live.kv.suffix)

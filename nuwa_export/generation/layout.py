@@ -8,17 +8,30 @@ image, and every generated token, sits where it would with all patches.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from nuwa_export.prompt import Prompt, check_context
-from nuwa_export.pruning import decode_position, position_ids, stage_two_rows
+from nuwa_export.pruning import stage_two_rows
+from nuwa_export.pruning.positions import RopePositions
 
 
 @dataclass(frozen=True)
 class Layout:
+    """One request's prompt and its position scheme (``RopePositions`` / ``MRopePositions``
+    from the family; an int is 1-D positions over that many patches)."""
+
     prompt: Prompt
-    num_patches: int  # patches in the full image
+    scheme: Any
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scheme, int):
+            object.__setattr__(self, "scheme", RopePositions(self.scheme))
+
+    @property
+    def num_patches(self) -> int:
+        return self.scheme.num_patches
 
     @property
     def before(self) -> int:
@@ -29,12 +42,13 @@ class Layout:
         return len(self.prompt.after)
 
     def positions(self, indices: torch.Tensor) -> torch.Tensor:
-        """``[1, b + K + c]`` int64 positions of the prompt with vision tokens at patch ``indices``."""
-        return position_ids(self.before, indices, self.after, self.num_patches)
+        """Positions of the prompt with vision tokens at patch ``indices [1, K]``: int64
+        ``[1, b + K + c]`` (1-D) or ``[3, 1, b + K + c]`` (M-RoPE)."""
+        return self.scheme.prompt(self.before, indices, self.after)
 
     def decode_position(self, step: int) -> int:
-        """Position of the token fed back at decode step ``step`` (0-based)."""
-        return decode_position(self.before, self.after, self.num_patches, step)
+        """Position of the token fed back at decode step ``step`` (0-based; every M-RoPE row)."""
+        return self.scheme.decode(self.before, self.after, step)
 
 
 @dataclass(frozen=True)
@@ -75,13 +89,19 @@ class Batch:
         (their embeddings are replaced or masked)."""
         return [[0] * p + list(r.prompt.before) + [0] * k + list(r.prompt.after) for p, r in zip(self.pads, self.rows)]
 
+    @property
+    def position_rows(self) -> int:
+        """1 (positions ``[B, T]``) or 3 (M-RoPE, ``[3, B, T]``)."""
+        return self.rows[0].scheme.rows
+
     def positions(self, indices: torch.Tensor) -> torch.Tensor:
-        """``[B, text + K]`` int64 on ``indices``' device; padding entries sit at 0."""
+        """``[B, text + K]`` (or ``[3, B, text + K]``) int64 on ``indices``' device; padding
+        entries sit at 0."""
         out = []
         for r, (p, row) in enumerate(zip(self.pads, self.rows)):
             pos = row.positions(indices[r : r + 1])
-            out.append(torch.cat([torch.zeros(1, p, dtype=pos.dtype, device=pos.device), pos], dim=1))
-        return torch.cat(out)
+            out.append(torch.cat([pos.new_zeros((*pos.shape[:-1], p)), pos], dim=-1))
+        return torch.cat(out, dim=-2)
 
     def rows_after_stage_two(self, kept: torch.Tensor, k1: int) -> torch.Tensor:
         """``[B, text + K2]`` cache rows that go on to layers ``[L, N)``: each row's padding, its
@@ -104,5 +124,18 @@ def layout_for(stages, text: str, max_new_tokens: int) -> Layout:
     """Tokenise ``text`` around the image and check it fits the context (refused with NuwaError)."""
     prompt = stages.family.build_prompt(stages.tokenizer, text, stages.image_token_id)
     stages.check_prompt(prompt)
-    check_context(prompt, stages.budgets.num_patches, max_new_tokens, stages.max_positions)
-    return Layout(prompt, stages.budgets.num_patches)
+    check_context(prompt, stages.positions.image_span, max_new_tokens, stages.max_positions)
+    return Layout(prompt, stages.positions)
+
+
+def take_positions(positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``positions [B, T]`` or ``[3, B, T]`` at the cache rows ``rows [B, T2]`` (per batch row)."""
+    if positions.dim() == 3:
+        return positions.gather(2, rows[None].expand(positions.shape[0], -1, -1))
+    return positions.gather(1, rows)
+
+
+def step_positions(batch: Batch, pos: torch.Tensor) -> torch.Tensor:
+    """``[B, 1]`` decode positions as the graphs take them (``[3, B, 1]`` for M-RoPE)."""
+    rows = batch.position_rows
+    return pos if rows == 1 else pos[None].expand(rows, -1, -1).contiguous()

@@ -127,7 +127,6 @@ def build(path: str | Path, seed: int = 0, _race_ok: bool = False, **size_overri
 
     ``size_overrides`` are keys of :data:`DEFAULT_SIZES`. Returns ``path``.
     """
-    import torch
     from transformers import LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
@@ -138,17 +137,28 @@ def build(path: str | Path, seed: int = 0, _race_ok: bool = False, **size_overri
     sizes = {**DEFAULT_SIZES, **size_overrides}
     tokenizer = build_tokenizer(sizes["vocab_size"])
     config = build_config(tokenizer, sizes)
+    return write_checkpoint(
+        path, LlavaForConditionalGeneration, config, seed, tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id,
+        _processor_config(sizes["image_size"]), _race_ok,
+    )
+
+
+def write_checkpoint(path, model_class, config, seed: int, tokenizer, bos: int, eos: int, processor: dict, race_ok: bool = False) -> Path:
+    """``model_class(config)`` with seeded random weights, its tokenizer, processor config and the
+    example picture, written atomically as an HF checkpoint directory at ``path``."""
+    import torch
+
     path = Path(path)
-    with atomic_dir(path, force=True, exist_ok_if_complete=_race_ok) as tmp:
+    with atomic_dir(path, force=True, exist_ok_if_complete=race_ok) as tmp:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LlavaForConditionalGeneration(config).eval()
-        model.generation_config.bos_token_id = tokenizer.bos_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model = model_class(config).eval()
+        model.generation_config.bos_token_id = bos
+        model.generation_config.eos_token_id = eos
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "preprocessor_config.json").write_text(json.dumps(_processor_config(sizes["image_size"]), indent=2) + "\n")
+        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
         example_image(tmp / "example.png")
     return path
 

@@ -8,7 +8,6 @@ row at the stage-two layer — without eager attention maps and without patching
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 
@@ -16,35 +15,10 @@ import torch
 from torch import nn
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.models.decoder import DecoderParts, KVCache, cache_keyword, query_attention
 
 SUPPORTED_TEXT_MODELS = ("llama",)
 SUPPORTED_VISION_MODELS = ("clip_vision_model",)
-
-
-class KVCache:
-    """Key/value tensors per decoder layer, each layer with its own length.
-
-    Duck-types the one method HF attention calls (``update``), so layers before the stage-two
-    layer can hold ``b + K1 + c`` entries while later layers hold ``b + K2 + c``.
-    Tensors are ``[B, kv_heads, T, head_dim]``.
-    """
-
-    def __init__(self) -> None:
-        self.keys: dict[int, torch.Tensor] = {}
-        self.values: dict[int, torch.Tensor] = {}
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx in self.keys:
-            key_states = torch.cat([self.keys[layer_idx], key_states], dim=2)
-            value_states = torch.cat([self.values[layer_idx], value_states], dim=2)
-        self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
-        return key_states, value_states
-
-    def length(self, layer_idx: int) -> int:
-        return self.keys[layer_idx].shape[2] if layer_idx in self.keys else 0
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in (self.keys, self.values) for t in d.values())
 
 
 def check_config(config) -> None:
@@ -89,8 +63,10 @@ class VisionSignals:
     cls_attention: torch.Tensor
 
 
-class LlavaParts:
+class LlavaParts(DecoderParts):
     """The pieces of a loaded LLaVA model, and the few computations Nüwa adds to them."""
+
+    position_rows = 1  # 1-D RoPE: positions are [B, T]
 
     def __init__(self, model) -> None:
         check_config(model.config)
@@ -113,109 +89,36 @@ class LlavaParts:
         self.num_layers = model.config.text_config.num_hidden_layers
         self._cache_kw = cache_keyword(self.lm.layers[0])
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+    def last_token_attention(self, layer_idx: int, layer_input, position_ids, cache: KVCache, pad=None) -> torch.Tensor:
+        """See :func:`last_token_attention` (the stage-two row, :meth:`DecoderParts.stage_two_row`)."""
+        return self.stage_two_row(layer_idx, layer_input, position_ids, cache, pad)
 
     @property
     def vision_dtype(self) -> torch.dtype:
         """The vision tower's dtype (float32 in exports, whatever the LLM's)."""
         return self.projector.linear_1.weight.dtype
 
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
     # ---- vision -----------------------------------------------------------------------------
     def vision_signals(self, pixel_values: torch.Tensor) -> VisionSignals:
         """Tower pass and the CLS row (see :func:`vision_signals`)."""
         return vision_signals(self.vision, pixel_values, self.feature_index, self.sim_start)
 
-    # ---- language model ---------------------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` int64 → ``[B, T, D]``."""
-        return self.lm.embed_tokens(input_ids)
+    @property
+    def stage_two_fn(self):
+        """The stage-two row as a function of ``(layer, rotary, layer_input, position_ids, keys,
+        pad)`` (for the exported prefix graph): :func:`last_token_attention`."""
+        return last_token_attention
 
-    def run_layers(
-        self, hidden: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, start: int, end: int,
-        pad: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Decoder layers ``[start, end)`` on ``hidden [B, T, D]`` at ``position_ids [B, T]``.
+    @property
+    def vision_module(self) -> nn.Module:
+        """The module holding every weight :meth:`vision_signals` uses."""
+        return self.vision
 
-        The causal mask is by sequence order; each layer attends over its own cache. ``pad [B]``
-        int64: left-padding entries at the start of each row's cache, which no real query sees
-        (see :func:`causal_mask`).
-        """
-        if start >= end:
-            return hidden
-        mask = self._causal_mask(hidden, cache.length(start), pad)
-        return decoder_stack(self.lm.layers[start:end], self.lm.rotary_emb, hidden, position_ids, cache, mask, self._cache_kw)
-
-    def _causal_mask(self, hidden: torch.Tensor, past: int, pad: torch.Tensor | None) -> torch.Tensor | None:
-        q = hidden.shape[1]
-        if pad is not None and bool((pad > 0).any()):
-            return causal_mask(q, past, hidden.dtype, hidden.device, pad)
-        if q == 1 or (past == 0 and self.config.text_config._attn_implementation == "sdpa"):
-            return None  # one query sees everything; sdpa applies is_causal itself
-        return causal_mask(q, past, hidden.dtype, hidden.device)
-
-    def last_token_attention(
-        self, layer_idx: int, layer_input: torch.Tensor, position_ids: torch.Tensor, cache: KVCache,
-        pad: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """See :func:`last_token_attention`."""
-        return last_token_attention(self.lm.layers[layer_idx], self.lm.rotary_emb, layer_input, position_ids, cache.keys[layer_idx], pad)
-
-    def logits(self, hidden_last: torch.Tensor) -> torch.Tensor:
-        """Final norm and lm_head: ``[B, 1, D]`` → ``[B, V]`` float32."""
-        return self.lm_head(self.lm.norm(hidden_last))[:, -1].float()
-
-
-def cache_keyword(layer: nn.Module) -> str:
-    """``cache`` (transformers ≥ 5.2x) or ``past_key_values`` (older 5.x) for decoder layers."""
-    params = inspect.signature(type(layer).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def causal_mask(q: int | torch.Tensor, past: int | torch.Tensor, dtype: torch.dtype, device, pad: torch.Tensor | None = None) -> torch.Tensor:
-    """Additive ``[1, 1, q, past + q]`` mask: query ``i`` sees keys ``0 .. past + i``.
-
-    With ``pad [B]`` (left padding of a batch, docs/architecture.md "Batches"): ``[B, 1, q,
-    past + q]``, and keys before ``pad[b]`` are hidden from every query of row ``b`` except the
-    padding entry itself (a padding query sees only itself: never an all-blocked row, whose
-    softmax would be NaN and poison the cache). Built from comparisons of ``arange`` so it traces
-    with symbolic ``q``, ``past`` and batch.
-    """
-    rows = torch.arange(q, device=device)[:, None] + past
-    cols = torch.arange(past + q, device=device)[None, :]
-    seen = cols <= rows
-    if pad is not None:
-        seen = ((cols >= pad[:, None, None]) & seen) | (cols == rows)  # [B, q, past + q]
-        seen = seen[:, None]
-    else:
-        seen = seen[None, None]
-    blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
-    return torch.where(seen, torch.zeros((), dtype=dtype, device=device), blocked)
-
-
-def decoder_stack(layers, rotary: nn.Module, hidden, position_ids, cache: KVCache, mask, cache_kw: str):
-    """Run HF decoder ``layers`` in order, each attending over its own entry of ``cache``."""
-    position_embeddings = rotary(hidden, position_ids=position_ids)
-    for layer in layers:
-        hidden = layer(
-            hidden,
-            attention_mask=mask,
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-            use_cache=True,
-            **{cache_kw: cache},
-        )
-    return hidden
 
 
 def last_token_attention(layer: nn.Module, rotary: nn.Module, layer_input, position_ids, keys, pad=None) -> torch.Tensor:
     """Head-mean softmax attention of the last position in ``layer`` over all its keys (those
-    after each row's left padding ``pad [B]``, when given).
+    after each row's left padding ``pad [B]``, when given): LLaVA's stage-two row.
 
     Call after the layer ran on the prefill, so ``keys`` (its cache) hold every position.
     Args:
@@ -226,17 +129,7 @@ def last_token_attention(layer: nn.Module, rotary: nn.Module, layer_input, posit
     Returns:
         ``[B, T_all]`` float32 (0 on padding entries).
     """
-    attn = layer.self_attn
-    last = layer.input_layernorm(layer_input[:, -1:])
-    q = attn.q_proj(last).view(last.shape[0], 1, -1, attn.head_dim).transpose(1, 2)
-    cos, sin = rotary(last, position_ids=position_ids[:, -1:])
-    q = q * cos[:, None] + _rotate_half(q) * sin[:, None]
-    keys = keys.repeat_interleave(attn.num_key_value_groups, dim=1)
-    scores = (q.float() @ keys.float().transpose(2, 3)) * attn.scaling  # [B, H, 1, T]
-    if pad is not None:
-        cols = torch.arange(keys.shape[2], device=keys.device)
-        scores = scores.masked_fill((cols[None, :] < pad[:, None])[:, None, None], float("-inf"))
-    return scores.softmax(dim=-1).mean(dim=1)[:, 0]
+    return query_attention(layer, rotary, layer_input, position_ids, keys, pad).mean(dim=1)[:, 0]
 
 
 def vision_signals(vision: nn.Module, pixel_values: torch.Tensor, feature_index: int, sim_start: int) -> VisionSignals:
@@ -275,8 +168,3 @@ def cls_attention_row(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tens
     k = attn.k_proj(x).view(b, t, attn.num_heads, attn.head_dim).transpose(1, 2)
     scores = (q.float() @ k.float().transpose(2, 3)) * attn.scale  # [B, heads, 1, T]
     return scores.softmax(dim=-1).sum(dim=1)[:, 0]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

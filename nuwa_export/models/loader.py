@@ -1,4 +1,4 @@
-"""Load an HF-format LLaVA checkpoint (safetensors only) with its tokenizer and preprocessing."""
+"""Load an HF-format checkpoint of a supported family (safetensors only) with its tokenizer and preprocessing."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class LoadedModel:
-    model: object  # transformers LlavaForConditionalGeneration
-    parts: Any  # what the family's adapter drives (models.llava.LlavaParts for LLaVA)
+    model: object  # the transformers model (LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)
+    parts: Any  # what the family's adapter drives (models.llava.LlavaParts, models.qwen2_5_vl.QwenParts)
     tokenizer: object
     image_config: ImageConfig
     model_id: str
@@ -95,7 +95,8 @@ class CheckpointInfo:
 
     path: Path
     model_id: str
-    config: object  # transformers LlavaConfig
+    config: object  # the transformers config (LlavaConfig, Qwen2_5_VLConfig)
+    image_size: int  # the image side the vision tower runs at (fixed by the tower, or --image-size)
 
     @property
     def family(self):
@@ -103,7 +104,7 @@ class CheckpointInfo:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.family.grid(self.config)
+        return self.family.grid(self.config, self.image_size)
 
     @property
     def num_patches(self) -> int:
@@ -113,9 +114,21 @@ class CheckpointInfo:
     def num_layers(self) -> int:
         return self.family.num_layers(self.config)
 
+    def budgets(self, keep=None, k1=None, k2=None, layer=None, *, prune: bool = True, keep_ratio=None):
+        """The family's budgets for this checkpoint (``pruning.Budgets``), refused in one line if impossible."""
+        return self.family.resolve_budgets(self.grid, self.num_layers, keep=keep, k1=k1, k2=k2, layer=layer, prune=prune, keep_ratio=keep_ratio)
 
-def inspect_checkpoint(model: str) -> CheckpointInfo:
-    """Resolve ``model`` and read and check its config (fast: no weights are read)."""
+    def stage_one(self, budgets, per_region=None, distance=None, percentile=None):
+        """The family's stage-one settings (``pruning.StageOneSpec``) with the user's knobs."""
+        return self.family.stage_one(budgets, self.grid, per_region, distance, percentile)
+
+
+def inspect_checkpoint(model: str, image_size: int | None = None) -> CheckpointInfo:
+    """Resolve ``model`` and read and check its config (fast: no weights are read).
+
+    ``image_size`` (``--image-size``): the image side for families whose tower takes any size
+    (Qwen2.5-VL; None is the family's default); refused for towers of one fixed size unless equal.
+    """
     from transformers import AutoConfig
 
     path, model_id = resolve(model)
@@ -136,10 +149,12 @@ def inspect_checkpoint(model: str) -> CheckpointInfo:
         raise NuwaError(f"cannot read {path / 'config.json'}: {_first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    family_for(config).check_config(config)  # an unknown model_type, or a config the family cannot take
+    family = family_for(config)  # an unknown model_type
+    family.check_config(config)  # a config the family cannot take
+    size = family.image_size(config, image_size)
     check_weight_files(weight_files(path))
     check_tokenizer_files(path)
-    return CheckpointInfo(path, model_id, config)
+    return CheckpointInfo(path, model_id, config, size)
 
 
 def _first_line(e: BaseException) -> str:
@@ -191,6 +206,6 @@ def load(
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # a user's files: many types
         raise NuwaError(f"cannot load the tokenizer in {path}: {_first_line(e)}") from None
-    parts = family.parts(net)
-    image_config = family.image_config(path, parts)
+    parts = family.parts(net, info.image_size)
+    image_config = family.image_config(path, parts.image_size)
     return LoadedModel(net, parts, tokenizer, image_config, model_id, path)

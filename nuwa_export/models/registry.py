@@ -10,17 +10,25 @@ from nuwa_export.errors import NuwaError
 ALIASES = {
     "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
     "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
 }
+#: Built-in demo checkpoints, built locally on first use (no download).
+DEMOS = ("demo", "demo-qwen2.5-vl")
 #: Files fetched from the hub when a model is not cached: configs, tokenizer and safetensors only.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
 
 
 def resolve(model: str) -> tuple[Path, str]:
-    """``MODEL`` (alias, ``demo``, directory or hub id) → (local directory, model id)."""
+    """``MODEL`` (alias, a built-in demo, directory or hub id) → (local directory, model id)."""
     if model == "demo":
         from nuwa_export.models import demo
 
         return demo.ensure_built(), "demo"
+    if model == "demo-qwen2.5-vl":
+        from nuwa_export.models import demo_qwen2_5_vl
+
+        return demo_qwen2_5_vl.ensure_built(), model
     path = Path(model).expanduser()
     if path.is_dir():
         return path.resolve(), str(path.resolve())
@@ -29,7 +37,7 @@ def resolve(model: str) -> tuple[Path, str]:
     repo = ALIASES.get(model, model)
     if "/" not in repo or model.startswith((".", "/", "~")):
         raise NuwaError(
-            f"unknown model '{model}': not a directory, not an alias ({', '.join(sorted(ALIASES))}, demo) "
+            f"unknown model '{model}': not a directory, not an alias ({', '.join(sorted(ALIASES))}, {', '.join(DEMOS)}) "
             "and not a hub id (owner/name)"
         )
     return _from_hub(repo), repo

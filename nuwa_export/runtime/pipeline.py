@@ -24,7 +24,10 @@ TOKENIZER_DIR = "tokenizer"
 
 def budgets_of(m: mf.Manifest) -> Budgets:
     b = m.budgets
-    return Budgets(b.keep, b.stage_one_keep, b.stage_two_keep, b.stage_two_layer, m.num_patches, b.num_layers, b.prune)
+    return Budgets(
+        b.keep, b.stage_one_keep, b.stage_two_keep, b.stage_two_layer, m.num_patches, b.num_layers, b.prune, b.keep_ratio,
+        b.per_region if b.keep_ratio is not None else None,
+    )
 
 
 def image_config_of(m: mf.Manifest) -> ImageConfig:
@@ -127,6 +130,7 @@ class EngineStages:
         self.eos_token_ids = set(llm.eos_token_ids)
         self.vocab_size = llm.vocab_size
         self.family = pipeline.family
+        self.positions = self.family.positions(pipeline.grid)
         self.transfers = Transfers()
         self._kv_shape = (llm.num_kv_heads, 0, llm.head_dim)
 

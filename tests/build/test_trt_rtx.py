@@ -82,3 +82,19 @@ def test_llm_graphs_build_with_prefill_and_decode_profiles(demo_export, graph):
         trt = import_tensorrt("tensorrt-rtx")
         engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
         assert tuple(engine.get_tensor_profile_shape("pad_lengths", 1)[2]) == (8,)
+
+
+@pytest.mark.parametrize("graph", ["vision", "llm_prefix", "llm_suffix"])
+def test_qwen_graphs_build(qwen_export_factory, graph):
+    """Qwen2.5-VL on an odd 11x11 grid: window attention and Qwen's swarm in the vision graph
+    (function inlined), M-RoPE positions [3, batch, seq] in the LLM graphs' profiles."""
+    from nuwa_export.export import manifest as mf
+
+    d = qwen_export_factory(0.25, 308)
+    m = mf.read(d)
+    plan = build_engine(d / m.graphs[graph].file, _profiles(m, graph), builder="tensorrt-rtx")
+    assert len(plan) > 10_000
+    if graph != "vision":
+        _, network, _ = parse(trt, d / m.graphs[graph].file)
+        inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+        assert inputs["position_ids"] == (3, -1, -1)

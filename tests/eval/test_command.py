@@ -480,3 +480,37 @@ def test_a_failed_run_keeps_the_previous_complete_state(capsys, tmp_path, demo_d
     code, _, err = _run(capsys, *argv[:-1], "--max-new-tokens", "3", "--force")
     _one_line_error(code, err, "cannot read sample 0 (")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+
+
+def test_a_qwen_export_is_asked_and_scored_its_own_way(capsys, tmp_path, monkeypatch, calls, qwen_export_factory, refcoco_json):
+    """Qwen2.5-VL gets its own grounding question, the unpruned baseline runs at the export's image
+    size, and a ``bbox_2d`` answer in pixels of the S×S square is scored through the padding."""
+    from nuwa_export.eval import metrics
+    from nuwa_export.eval.data import load
+    from nuwa_export.eval.tasks import get_task
+    from nuwa_export.image import ImageConfig
+
+    monkeypatch.setenv("NUWA_EXPORT_CACHE", str(tmp_path / "cache"))
+    d = qwen_export_factory(0.5, 224)
+    code, stdout, err = _run(capsys, "refcoco", d, "--data", refcoco_json, "--limit", "2", "--max-new-tokens", "3", "--json", "--out", tmp_path / "q")
+    assert code == 0, err
+    assert len(calls) == 4 and all(p.startswith('Locate "') and p.endswith('in JSON format.') for p in calls)
+    summary = json.loads(stdout)
+    assert summary["runs"][0]["budgets"]["keep_ratio"] == 0.5 and summary["retention"]["keep" + str(summary["runs"][0]["budgets"]["keep"])]["n"] == 2
+
+    task = get_task("refcoco")
+    data = load(task, str(refcoco_json), None)
+    w, h = data.size(0)
+    truth = data.samples[0].truth  # pixels of the original image
+    side, s = max(w, h), 224
+    ox, oy = (side - w) / 2, (side - h) / 2
+    answer = json.dumps([{"bbox_2d": [round((truth[0] + ox) * s / side), round((truth[1] + oy) * s / side),
+                                      round((truth[2] + ox) * s / side), round((truth[3] + oy) * s / side)], "label": "x"}])
+    m, rows = metrics.score(data, {0: answer}, "padded", ImageConfig(size=s), "qwen2_5_vl")
+    assert rows[0]["parsed"] and rows[0]["iou"] > 0.95
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"index": 0, "answer": answer}) + "\n")
+    code, stdout, err = _run(capsys, "score", "--task", "refcoco", "--data", refcoco_json, "--predictions", preds, "--json",
+                             "--box-convention", "padded", "--family", "qwen2_5_vl", "--image-size", s)
+    assert code == 0, err
+    assert json.loads(stdout)["metrics"]["mean_iou"] == pytest.approx(rows[0]["iou"])

@@ -21,11 +21,12 @@ from tests.helpers import BIN, assert_one_line
 PACKAGE = Path(nuwa_export.__file__).parent
 
 
-def test_llava_is_registered_by_its_model_type():
-    assert set(families()) == {"llava"}
+def test_families_are_registered_by_their_model_type():
+    assert set(families()) == {"llava", "qwen2_5_vl"}
     assert family_for(types.SimpleNamespace(model_type="llava")) is family_named("llava")
-    with pytest.raises(NuwaError, match=r"unsupported checkpoint: model_type 'qwen2_5_vl' \(supported: llava\)"):
-        family_for(types.SimpleNamespace(model_type="qwen2_5_vl"))
+    assert family_for(types.SimpleNamespace(model_type="qwen2_5_vl")) is family_named("qwen2_5_vl")
+    with pytest.raises(NuwaError, match=r"unsupported checkpoint: model_type 'idefics2' \(supported: llava, qwen2_5_vl\)"):
+        family_for(types.SimpleNamespace(model_type="idefics2"))
     with pytest.raises(NuwaError, match="model family 'nope' is not one this nuwa-export knows"):
         family_named("nope")
 
@@ -58,10 +59,21 @@ def test_unknown_family_in_a_manifest_is_one_line(demo_export, tmp_path):
     d = tmp_path / "exp"
     shutil.copytree(demo_export, d)
     data = json.loads((d / "manifest.json").read_text())
+    data["family"] = "idefics2"
+    (d / "manifest.json").write_text(json.dumps(data))
+    proc = subprocess.run([str(BIN / "nuwa-run"), str(d), "--prompt", "hi"], capture_output=True, text=True, timeout=120)
+    assert_one_line("nuwa-run", proc.returncode, proc.stderr, "family 'idefics2' is not a model family this nuwa-export knows (llava, qwen2_5_vl)")
+
+
+def test_a_llava_export_relabelled_as_qwen_is_refused_by_its_graphs(demo_export, tmp_path):
+    """The family's declared graph I/O is checked: LLaVA's 1-D positions are not M-RoPE's."""
+    d = tmp_path / "exp"
+    shutil.copytree(demo_export, d)
+    data = json.loads((d / "manifest.json").read_text())
     data["family"] = "qwen2_5_vl"
     (d / "manifest.json").write_text(json.dumps(data))
     proc = subprocess.run([str(BIN / "nuwa-run"), str(d), "--prompt", "hi"], capture_output=True, text=True, timeout=120)
-    assert_one_line("nuwa-run", proc.returncode, proc.stderr, "family 'qwen2_5_vl' is not a model family this nuwa-export knows (llava)")
+    assert_one_line("nuwa-run", proc.returncode, proc.stderr, "llm_prefix.onnx input position_ids has shape [batch, seq], expected rank 3")
 
 
 def test_unsupported_checkpoint_is_one_line(demo_dir, tmp_path):

@@ -7,7 +7,8 @@ answer format, and the inputs and outputs each exported graph declares. Code out
 (:func:`family_for` for a checkpoint's config, :func:`family_named` for an export's manifest)
 instead of comparing ``model_type`` itself.
 
-LLaVA-1.5 is the one family today (:mod:`nuwa_export.models.families.llava`).
+Families: LLaVA-1.5 (:mod:`~nuwa_export.models.families.llava`) and Qwen2.5-VL
+(:mod:`~nuwa_export.models.families.qwen2_5_vl`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Grounding:
     question: Callable[[str], str]  # phrase → the question the model was trained on
     parse: Callable[[str], Box | None]  # answer → the box in the family's own coordinates, or None
     to_pixels: Callable[[Box, int, int, Any], Box]  # (box, width, height, ImageConfig) → pixels of the original image
+    unit: Callable[[Box, Any], Box] = lambda box, cfg: box  # (box, ImageConfig) → 0–1 of the square the model saw
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,20 @@ class Family:
     name: str  # recorded in manifest.json (``family``)
     model_types: tuple[str, ...]  # the checkpoint configs' ``model_type`` it takes
     check_config: Callable[[Any], None]  # refuse a config this adapter was not written for (NuwaError)
-    grid: Callable[[Any], tuple[int, int]]  # config → the patch grid (rows, columns)
+    image_size: Callable[[Any, int | None], int]  # (config, --image-size or None) → the image side (refused if it cannot be)
+    grid: Callable[[Any, int], tuple[int, int]]  # (config, image side) → the token grid (rows, columns)
     num_layers: Callable[[Any], int]  # config → decoder layers of the LLM
     model_class: Callable[[], type]  # the transformers class its checkpoints load with
     attn_implementation: Callable[[str], Any]  # LLM attention ("sdpa", "eager") → from_pretrained's attn_implementation
-    parts: Callable[[Any], Any]  # loaded model → the pieces Nüwa drives (models.llava.LlavaParts for LLaVA)
+    parts: Callable[[Any, int], Any]  # (loaded model, image side) → the pieces Nüwa drives (LlavaParts, QwenParts)
     set_vision_dtype: Callable[[Any, Any], None]  # (model, torch dtype): the vision tower and projector in another dtype
-    image_config: Callable[[Any, Any], Any]  # (checkpoint dir, parts) → image.ImageConfig
+    image_config: Callable[[Any, int], Any]  # (checkpoint dir, image side) → image.ImageConfig
     build_prompt: Callable[[Any, str, int], Any]  # (tokenizer, text, image token id) → prompt.Prompt
     grounding: Grounding
     graph_io: Callable[[Any], dict[str, tuple[list, list]]]  # manifest → per graph (inputs, outputs) it must declare
+    positions: Callable[[tuple[int, int]], Any]  # grid → position scheme (pruning.positions.RopePositions / MRopePositions)
+    resolve_budgets: Callable[..., Any]  # (grid, num_layers, keep=, k1=, k2=, layer=, prune=, keep_ratio=) → pruning.Budgets
+    stage_one: Callable[..., Any]  # (budgets, grid, per_region, distance, percentile) → pruning.StageOneSpec, defaults filled
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -81,4 +87,4 @@ def family_for(config) -> Family:
 
 def _load() -> None:
     if not _FAMILIES:
-        from nuwa_export.models.families import llava  # noqa: F401  (registers itself)
+        from nuwa_export.models.families import llava, qwen2_5_vl  # noqa: F401  (they register themselves)

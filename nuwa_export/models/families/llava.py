@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from nuwa_export.errors import NuwaError
 from nuwa_export.eval import grounding
 from nuwa_export.models.families import Family, Grounding, register
+from nuwa_export.pruning.positions import RopePositions
 
 
 def graph_io(m) -> dict[str, tuple[list, list]]:
@@ -42,7 +44,14 @@ def _check_config(config) -> None:
     check_config(config)
 
 
-def _grid(config) -> tuple[int, int]:
+def _image_size(config, requested: int | None) -> int:
+    size = config.vision_config.image_size
+    if requested is not None and requested != size:
+        raise NuwaError(f"--image-size {requested}: this LLaVA tower takes {size} px images only")
+    return size
+
+
+def _grid(config, image_size: int) -> tuple[int, int]:
     vc = config.vision_config
     return (vc.image_size // vc.patch_size, vc.image_size // vc.patch_size)
 
@@ -53,7 +62,7 @@ def _model_class():
     return LlavaForConditionalGeneration
 
 
-def _parts(model):
+def _parts(model, image_size: int):
     from nuwa_export.models.llava import LlavaParts
 
     return LlavaParts(model)
@@ -64,10 +73,10 @@ def _set_vision_dtype(model, dtype) -> None:
     model.model.multi_modal_projector.to(dtype)
 
 
-def _image_config(path, parts):
+def _image_config(path, image_size: int):
     from nuwa_export.image import ImageConfig
 
-    return ImageConfig.from_pretrained(path, parts.image_size)
+    return ImageConfig.from_pretrained(path, image_size)
 
 
 def _build_prompt(tokenizer, text: str, image_token_id: int):
@@ -76,10 +85,28 @@ def _build_prompt(tokenizer, text: str, image_token_id: int):
     return build_prompt(tokenizer, text, image_token_id)
 
 
+def _resolve_budgets(grid, num_layers, *, keep=None, k1=None, k2=None, layer=None, prune=True, keep_ratio=None):
+    from nuwa_export.pruning import resolve_budgets
+
+    n = grid[0] * grid[1]
+    if keep_ratio is not None:
+        if keep is not None:
+            raise NuwaError("pass --keep or --keep-ratio, not both")
+        keep = max(1, round(keep_ratio * n))  # LLaVA's schedule is by average keep: 64/128/192 of 576
+    return resolve_budgets(n, num_layers, keep, k1, k2, layer, prune=prune)
+
+
+def _stage_one(budgets, grid, per_region=None, distance=None, percentile=None):
+    from nuwa_export.pruning.spec import stage_one_spec
+
+    return stage_one_spec(budgets, grid, per_region, distance, percentile)
+
+
 LLAVA = register(Family(
     name="llava",
     model_types=("llava",),
     check_config=_check_config,
+    image_size=_image_size,
     grid=_grid,
     num_layers=lambda config: config.text_config.num_hidden_layers,
     model_class=_model_class,
@@ -90,4 +117,7 @@ LLAVA = register(Family(
     build_prompt=_build_prompt,
     grounding=Grounding(grounding.question, grounding.parse_box, grounding.to_pixels),
     graph_io=graph_io,
+    positions=lambda grid: RopePositions(grid[0] * grid[1]),
+    resolve_budgets=_resolve_budgets,
+    stage_one=_stage_one,
 ))
