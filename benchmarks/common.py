@@ -152,6 +152,46 @@ def ort_pipeline(directory: Path, spinning: bool = True):
 
 
 
+def op_profile(directory: Path, manifest, batch: int, seq: dict[str, int], past: dict[str, int], steps: int = 10) -> dict:
+    """ONNX Runtime's own per-op profile of each LLM graph of an export (sessions of their own with
+    profiling on, the shipped thread settings) on ``seq[graph]`` new rows over ``past[graph]``
+    cache entries, random inputs: kernel ms per run and each op type's ms, largest first."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from nuwa_export.export.llm import kv_names
+
+    llm, b = manifest.llm, manifest.budgets
+    rng = np.random.default_rng(0)
+    out = {"batch": batch, "seq": seq, "past": past, "graphs": {}}
+    for graph, layers in (("llm_prefix", range(b.stage_two_layer)), ("llm_suffix", range(b.stage_two_layer, llm.num_layers))):
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(directory / f"ort_profile_{graph}_b{batch}_s{seq[graph]}")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(directory / manifest.graphs[graph].file), opts, providers=["CPUExecutionProvider"])
+        s, n = seq[graph], past[graph]
+        first = "inputs_embeds" if graph == "llm_prefix" else "hidden_states"
+        feeds = {first: rng.standard_normal((batch, s, llm.hidden_size), dtype=np.float32),
+                 "position_ids": np.broadcast_to(np.arange(n, n + s, dtype=np.int64), (batch, s)).copy(), "pad_lengths": np.zeros(batch, np.int64)}
+        if graph == "llm_prefix":
+            feeds["vision_start"] = np.ones(batch, np.int64)
+        for name in kv_names("past", layers):
+            feeds[name] = rng.standard_normal((batch, llm.num_kv_heads, n, llm.head_dim), dtype=np.float32)
+        for _ in range(steps):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        per_op: dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0) + e["dur"] / 1e3 / steps
+        out["graphs"][graph] = {"kernel_ms": sum(per_op.values()), "op_ms": dict(sorted(per_op.items(), key=lambda kv: -kv[1]))}
+    out["kernel_ms"] = sum(g["kernel_ms"] for g in out["graphs"].values())
+    return out
+
+
 def bench_main(name: str, script: str, doc: str, run, show, runs: int, warmup: int, argv: list[str] | None) -> int:
     """The command line every LLM benchmark shares: run, write JSON, show, re-render the README.
 

@@ -116,7 +116,7 @@ def time_decode_at(pipeline, numpy_path: NumpyPath, length: int, steps: int) -> 
     from nuwa_export.prompt import Prompt
 
     stages = pipeline.stages()
-    layout = Layout(Prompt((1,), (2,), pipeline.manifest.llm.image_token_id), pipeline.budgets.num_patches)
+    layout = Layout(Prompt((1,), (2,), pipeline.manifest.llm.image_token_id), pipeline.stages().positions)
     vs, pad = stages.to_device([[1], [0]])
     out = {}
     kv = _kv(pipeline, 1, length, numpy=False)
@@ -157,38 +157,8 @@ def op_profile(directory: Path, manifest, batch: int, lengths: dict[str, int], s
     """ONNX Runtime's own per-op profile of one decode step of each LLM graph (sessions of their own
     with profiling on, the shipped thread settings), with ``lengths[graph]`` KV entries per row:
     kernel ms per step and each op type's ms."""
-    import json
-
-    import onnxruntime as ort
-
-    from nuwa_export.export.llm import kv_names
-
-    llm, b = manifest.llm, manifest.budgets
-    rng = np.random.default_rng(0)
-    out = {"batch": batch, "kv_lengths": lengths, "graphs": {}}
-    for graph, layers in (("llm_prefix", range(b.stage_two_layer)), ("llm_suffix", range(b.stage_two_layer, llm.num_layers))):
-        opts = ort.SessionOptions()
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(directory / f"ort_profile_{graph}_b{batch}")
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(directory / manifest.graphs[graph].file), opts, providers=["CPUExecutionProvider"])
-        n = lengths[graph]
-        first = "inputs_embeds" if graph == "llm_prefix" else "hidden_states"
-        feeds = {first: rng.standard_normal((batch, 1, llm.hidden_size), dtype=np.float32),
-                 "position_ids": np.full((batch, 1), n, np.int64), "pad_lengths": np.zeros(batch, np.int64)}
-        if graph == "llm_prefix":
-            feeds["vision_start"] = np.ones(batch, np.int64)
-        for name in kv_names("past", layers):
-            feeds[name] = rng.standard_normal((batch, llm.num_kv_heads, n, llm.head_dim), dtype=np.float32)
-        for _ in range(steps):
-            session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
-        per_op: dict[str, float] = {}
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0) + e["dur"] / 1e3 / steps
-        out["graphs"][graph] = {"kernel_ms": sum(per_op.values()), "op_ms": dict(sorted(per_op.items(), key=lambda kv: -kv[1]))}
-    out["kernel_ms"] = sum(g["kernel_ms"] for g in out["graphs"].values())
+    out = common.op_profile(directory, manifest, batch, {"llm_prefix": 1, "llm_suffix": 1}, lengths, steps)
+    out["kv_lengths"] = lengths
     out["concat_ms"] = sum(g["op_ms"].get("Concat", 0.0) for g in out["graphs"].values())
     out["matmul_ms"] = sum(g["op_ms"].get("MatMul", 0.0) for g in out["graphs"].values())
     return out

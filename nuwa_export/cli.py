@@ -311,6 +311,11 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=user_path, metavar="DIR", help="image folder (JSON data; GQA: a folder of <imageId>.jpg or the images parquet)")
     p.add_argument("--backend", choices=["ort", "trt", "torch"], help="for an export directory (default ort)")
     p.add_argument("--keep", type=int, nargs="+", metavar="K", help="one or more budgets (checkpoints only; default: the default budget)")
+    p.add_argument(
+        "--keep-ratio", type=finite_float, nargs="+", metavar="R",
+        help="Qwen2.5-VL checkpoints: one or more of the paper's keep ratios (0.25, 0.5, 0.75) instead of --keep",
+    )
+    p.add_argument("--image-size", type=int, metavar="PX", help="Qwen2.5-VL checkpoints: the image side (default 448; an export fixes its own)")
     p.add_argument("--no-prune", action="store_true", help="evaluate the unpruned model only")
     p.add_argument("--baseline", type=user_path, metavar="MODEL", help="the unpruned model for retention (default: the checkpoint itself, or the one the export came from)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unpruned run (no retention)")
@@ -337,8 +342,10 @@ def eval_score_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=user_path, metavar="DIR", help="as for nuwa-eval")
     p.add_argument("--predictions", required=True, type=user_path, metavar="FILE.jsonl")
     p.add_argument("--box-convention", choices=["lmms-eval", "padded"], default="lmms-eval")
+    from nuwa_export.models.families import families
+
     p.add_argument(
-        "--family", choices=["llava", "qwen2_5_vl"], default="llava",
+        "--family", choices=sorted(families()), default="llava",
         help="how the answers write boxes: llava (0-1, default) or qwen2_5_vl (bbox_2d pixels of the --image-size square)",
     )
     p.add_argument("--image-size", type=int, default=448, metavar="PX", help="with --family qwen2_5_vl: the square side the model saw (default 448)")

@@ -88,6 +88,7 @@ def build_runner(args: argparse.Namespace, need_image: bool = True):
     image = load_image(pick_image(args, info.path)) if need_image else None
     budgets = info.budgets(
         args.keep, args.stage_one_keep, args.stage_two_keep, args.stage_two_layer, prune=not args.no_prune, keep_ratio=args.keep_ratio,
+        per_region=args.per_region,
     )
     spec = info.stage_one(budgets, args.per_region, args.distance, args.percentile)
     loaded = load(info, dtype=args.dtype, device=args.device)

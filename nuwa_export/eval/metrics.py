@@ -24,7 +24,7 @@ Box = tuple[float, float, float, float]
 
 def answer_box(task: Task, answer: str, size: tuple[int, int], convention: str, cfg: ImageConfig = PADDED, family: str = "llava") -> Box | None:
     """The answer's box in 0–1 of the original image, or None when the answer has no box
-    (``family``: how the answer writes its box, :data:`~nuwa_export.eval.tasks.GROUNDING_FORMATS`)."""
+    (``family``: how the answer writes its box, :func:`~nuwa_export.eval.tasks.grounding_format`)."""
     if convention not in BOX_CONVENTIONS:
         raise ValueError(f"unknown box convention {convention!r}")
     box = task.parse_box(answer, family, cfg)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nuwa_export.errors import NuwaError
 
-BUDGET_FLAGS = ("keep", "no_prune")
+BUDGET_FLAGS = ("keep", "keep_ratio", "image_size", "no_prune")
 
 
 @dataclass
@@ -105,7 +105,7 @@ def _reference_run(loaded: _Loaded, budgets, args: argparse.Namespace, fp: dict)
 def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = None, baseline_only: bool = False, image_size: int | None = None):
     from nuwa_export.models.loader import inspect_checkpoint, pick_device, pick_dtype
 
-    info = inspect_checkpoint(model, image_size)
+    info = inspect_checkpoint(model, image_size if image_size is not None else getattr(args, "image_size", None))
     loaded = _Loaded(info, dtype, args.device, vision_dtype)
     device = pick_device(args.device)
     resolved = str(pick_dtype(dtype, getattr(info.config, "dtype", None), device)).removeprefix("torch.")
@@ -116,8 +116,14 @@ def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = No
     full = _reference_run(loaded, info.budgets(prune=False), args, fp)
     if baseline_only or args.no_prune:
         return info, loaded, [], full
-    keeps = sorted(set(args.keep or [None]), key=lambda k: (k is None, k))
-    runs = [_reference_run(loaded, info.budgets(k), args, fp) for k in keeps]
+    ratios = getattr(args, "keep_ratio", None)
+    if args.keep and ratios:
+        raise NuwaError("pass --keep or --keep-ratio, not both")
+    if ratios:
+        runs = [_reference_run(loaded, info.budgets(keep_ratio=r), args, fp) for r in sorted(set(ratios))]
+    else:
+        keeps = sorted(set(args.keep or [None]), key=lambda k: (k is None, k))
+        runs = [_reference_run(loaded, info.budgets(k), args, fp) for k in keeps]
     return info, loaded, runs, full
 
 
@@ -135,7 +141,7 @@ def plan(args: argparse.Namespace) -> Plan:
 
     from nuwa_export.runtime.pipeline import Pipeline, budgets_of, image_config_of
 
-    given = [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f)]
+    given = [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f, None)]
     if given:
         raise NuwaError(f"{' '.join(given)}: budgets are fixed when exporting; re-run nuwa-export to change them")
     directory = Path(args.model).expanduser()
@@ -153,7 +159,7 @@ def plan(args: argparse.Namespace) -> Plan:
     run = Run(f"keep{b.keep}" if b.prune else "full", b.as_dict(), opener, fp)
     baseline = None
     if b.prune and not args.no_baseline:
-        baseline = _baseline(args) if args.baseline else _export_baseline(manifest, args)
+        baseline = _baseline(args, manifest.preprocessing.get("size")) if args.baseline else _export_baseline(manifest, args)
     return Plan(manifest.model.id, backend, image_config_of(manifest), [run], baseline, {"model": fp}, manifest.family)
 
 
@@ -172,14 +178,15 @@ def _export_baseline(manifest, args) -> Run:
     return full
 
 
-def _baseline(args) -> Run:
-    """``--baseline MODEL``: an unpruned export (its backend) or a checkpoint (unpruned, torch)."""
+def _baseline(args, image_size: int | None = None) -> Run:
+    """``--baseline MODEL``: an unpruned export (its backend) or a checkpoint (unpruned, torch; at
+    ``image_size``, the evaluated export's, when given)."""
     from nuwa_export.export import manifest as mf
     from nuwa_export.run import is_export_dir
     from nuwa_export.runtime.pipeline import Pipeline, budgets_of
 
     if not is_export_dir(args.baseline):
-        return _checkpoint_runs(args.baseline, args, args.dtype, baseline_only=True)[3]
+        return _checkpoint_runs(args.baseline, args, args.dtype, baseline_only=True, image_size=image_size)[3]
     directory = Path(args.baseline).expanduser()
     manifest = mf.read(directory)
     if manifest.budgets.prune:

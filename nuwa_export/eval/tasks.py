@@ -2,8 +2,8 @@
 
 A task knows how to ask (the prompt around a referring expression or a question), how many
 tokens to allow and which metric is its headline. How a model family words a grounding question
-and writes its box is the family's business: :data:`GROUNDING_FORMATS` holds one entry per family
-(LLaVA-1.5 with lmms-eval's prompt; Qwen2.5-VL with its own question and ``bbox_2d`` answers).
+and writes its box is the family's business (:func:`grounding_format` asks its adapter): LLaVA-1.5
+with lmms-eval's prompt, Qwen2.5-VL with its own question and ``bbox_2d`` answers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nuwa_export.errors import NuwaError
-from nuwa_export.eval import grounding
 
 #: lmms-eval's RefCOCO ``bbox_rec`` prompt; the referring expression follows it verbatim.
 BBOX_REC_PROMPT = (
@@ -44,27 +43,16 @@ class GroundingFormat:
     unit: Callable = lambda box, cfg: box
 
 
-def _qwen() -> GroundingFormat:
-    """Qwen2.5-VL is asked its own way (lmms-eval's 0–1 prompt is LLaVA's convention; Qwen answers
-    absolute pixels of the image it saw, as ``bbox_2d`` JSON)."""
-    from nuwa_export.models.families import family_named
-
-    g = family_named("qwen2_5_vl").grounding
-    return GroundingFormat("qwen2_5_vl", g.question, g.parse, g.unit)
-
-
-GROUNDING_FORMATS = {
-    "llava": GroundingFormat("llava", lambda expression: BBOX_REC_PROMPT.format(expression=expression), grounding.parse_box),
-    "qwen2_5_vl": None,  # built on first use (the adapter imports this package)
-}
-
-
 def grounding_format(family: str = "llava") -> GroundingFormat:
-    if family not in GROUNDING_FORMATS:
-        raise NuwaError(f"no grounding prompt for model family '{family}' (known: {', '.join(sorted(GROUNDING_FORMATS))})")
-    if GROUNDING_FORMATS[family] is None:
-        GROUNDING_FORMATS[family] = _qwen()
-    return GROUNDING_FORMATS[family]
+    """The family's grounding question (its benchmark prompt when it has one, e.g. lmms-eval's for
+    LLaVA-1.5) and box format, from its adapter (:mod:`nuwa_export.models.families`)."""
+    from nuwa_export.models.families import families
+
+    known = families()
+    if family not in known:
+        raise NuwaError(f"no grounding prompt for model family '{family}' (known: {', '.join(sorted(known))})")
+    g = known[family].grounding
+    return GroundingFormat(family, g.eval_prompt or g.question, g.parse, g.unit)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import struct
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from nuwa_export.atomic import check_utf8_path
@@ -82,12 +84,23 @@ def _fields(buf, start: int, end: int):
                 raise _Bad("it ends too early: truncated")
             value, pos = (pos, pos + n), pos + n
         elif wire in (1, 5):
-            value, pos = None, pos + (8 if wire == 1 else 4)
+            value, pos = _Fixed(pos, 8 if wire == 1 else 4), pos + (8 if wire == 1 else 4)
             if pos > end:
                 raise _Bad("it ends too early: truncated")
         else:
             raise _Bad(f"corrupt protobuf: wire type {wire}")
         yield field, value
+
+
+@dataclass(frozen=True)
+class _Fixed:
+    """A fixed-width protobuf value (float: 4 bytes, double: 8) at ``start`` in the buffer."""
+
+    start: int
+    size: int
+
+    def float(self, buf) -> float:
+        return struct.unpack("<f" if self.size == 4 else "<d", bytes(buf[self.start : self.start + self.size]))[0]
 
 
 def _text(buf, span) -> str:
@@ -228,6 +241,69 @@ def _scan_model(buf):
         if t.name not in defined:
             raise _Bad(f"output '{t.name}' is not computed by any node")
     return inputs, outputs, opsets
+
+
+def swarm_attributes(path: Path) -> list[dict]:
+    """The attributes of every ``nuwa::SwarmAggregate`` node of the ONNX model at ``path``
+    (``grid`` ints, ``distance`` and ``percentile`` floats, ``self_weight`` int), weights not loaded."""
+    from nuwa_export.constants import OP_DOMAIN, OP_NAME
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            found = []
+            graph = next((v for f1, v in _fields(buf, 0, len(buf)) if f1 == 7 and isinstance(v, tuple)), None)
+            for f1, node in _fields(buf, *graph) if graph else ():
+                if f1 != 1 or not isinstance(node, tuple):
+                    continue
+                fields = list(_fields(buf, *node))
+                texts = {f2: _text(buf, v2) for f2, v2 in fields if f2 in (4, 7) and isinstance(v2, tuple)}
+                if (texts.get(7, ""), texts.get(4)) != (OP_DOMAIN, OP_NAME):
+                    continue
+                attrs = {}
+                for f2, v2 in fields:
+                    if f2 == 5 and isinstance(v2, tuple):  # AttributeProto{1: name, 2: f, 3: i, 8: ints}
+                        name, value = None, None
+                        for f3, v3 in _fields(buf, *v2):
+                            if f3 == 1 and isinstance(v3, tuple):
+                                name = _text(buf, v3)
+                            elif f3 == 2 and isinstance(v3, _Fixed):
+                                value = v3.float(buf)
+                            elif f3 == 3 and isinstance(v3, int):
+                                value = v3 - (1 << 64) if v3 >= 1 << 63 else v3
+                            elif f3 == 8 and isinstance(v3, int):
+                                value = [*(value or []), v3]
+                            elif f3 == 8 and isinstance(v3, tuple):  # packed
+                                value, pos = [], v3[0]
+                                while pos < v3[1]:
+                                    item, pos = _varint(buf, pos, v3[1])
+                                    value.append(item)
+                        if name is not None:
+                            attrs[name] = value
+                found.append(attrs)
+            return found
+    except (OSError, ValueError) as e:
+        raise NuwaError(f"cannot read {path} ({e})") from None
+    except _Bad as e:
+        raise NuwaError(f"{path} is not a valid ONNX model ({e}); re-run nuwa-export") from None
+
+
+def _check_swarm(directory: Path, m: mf.Manifest) -> None:
+    """The vision graphs' swarm node carries the manifest's stage-one settings (one node when
+    pruning, none without)."""
+    b = m.budgets
+    for graph in ("vision", "vision_plugin"):
+        file = m.graphs[graph].file
+        nodes = swarm_attributes(directory / file)
+        if len(nodes) != (1 if b.prune else 0):
+            _fail(f"{file} has {len(nodes)} SwarmAggregate nodes, expected {1 if b.prune else 0}")
+        for attrs in nodes:
+            got = (attrs.get("grid"), attrs.get("self_weight", 1))
+            if got != (list(m.grid), int(b.self_weight)) or not all(
+                isinstance(attrs.get(k), float) and math.isclose(attrs[k], float(v), rel_tol=1e-6) for k, v in (("distance", b.distance), ("percentile", b.percentile))
+            ):
+                _fail(f"{file}'s SwarmAggregate node (grid {attrs.get('grid')}, distance {attrs.get('distance')}, percentile {attrs.get('percentile')}, "
+                      f"self_weight {attrs.get('self_weight', 1)}) does not match manifest.json (grid {m.grid}, budgets.distance {b.distance}, "
+                      f"budgets.percentile {b.percentile}, budgets.self_weight {b.self_weight})")
 
 
 # --- what the manifest's numbers imply --------------------------------------------------------
@@ -469,6 +545,7 @@ def check(directory: str | Path, m: mf.Manifest) -> None:
             _fail(f"{spec.file} uses ONNX opset {opsets.get('', '(none)')}, but manifest.json opset is {m.opset}")
         io[graph] = inputs
     _check_profiles(m, io)
+    _check_swarm(directory, m)
     _check_embeddings(directory, m)
     _check_json_files(directory, m)
 

@@ -94,7 +94,13 @@ class Manifest:
     validation: dict[str, typing.Any]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        """The manifest as written; optional budget keys at their defaults are left out, so a LLaVA
+        manifest reads in every nuwa-export that reads ``schema_version`` 2."""
+        data = asdict(self)
+        for f in fields(BudgetInfo):
+            if f.default is not MISSING and data["budgets"][f.name] == f.default:
+                del data["budgets"][f.name]
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

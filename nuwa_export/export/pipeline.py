@@ -112,7 +112,7 @@ def export(
     here, source = Path(os.path.realpath(out.expanduser())), Path(info.path).resolve()
     if here == source or here in source.parents:
         raise NuwaError(f"--out {out} would replace the checkpoint being exported ({info.path}); pick another directory")
-    budgets = info.budgets(keep, k1, k2, layer, prune=prune, keep_ratio=keep_ratio)
+    budgets = info.budgets(keep, k1, k2, layer, prune=prune, keep_ratio=keep_ratio, per_region=per_region)
     spec = info.stage_one(budgets, per_region, distance, percentile)
     steps = Steps(progress)
     with steps(f"load checkpoint (LLM in {dtype}, vision in float32)"):

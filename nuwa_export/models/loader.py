@@ -114,9 +114,11 @@ class CheckpointInfo:
     def num_layers(self) -> int:
         return self.family.num_layers(self.config)
 
-    def budgets(self, keep=None, k1=None, k2=None, layer=None, *, prune: bool = True, keep_ratio=None):
+    def budgets(self, keep=None, k1=None, k2=None, layer=None, *, prune: bool = True, keep_ratio=None, per_region=None):
         """The family's budgets for this checkpoint (``pruning.Budgets``), refused in one line if impossible."""
-        return self.family.resolve_budgets(self.grid, self.num_layers, keep=keep, k1=k1, k2=k2, layer=layer, prune=prune, keep_ratio=keep_ratio)
+        return self.family.resolve_budgets(
+            self.grid, self.num_layers, keep=keep, k1=k1, k2=k2, layer=layer, prune=prune, keep_ratio=keep_ratio, per_region=per_region,
+        )
 
     def stage_one(self, budgets, per_region=None, distance=None, percentile=None):
         """The family's stage-one settings (``pruning.StageOneSpec``) with the user's knobs."""

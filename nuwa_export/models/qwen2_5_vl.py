@@ -28,6 +28,9 @@ from nuwa_export.models.llava import VisionSignals
 
 #: The image side the vision graph is fixed to unless ``--image-size`` says otherwise (16×16 tokens).
 DEFAULT_IMAGE_SIZE = 448
+#: The largest image side, in LLM tokens (48 × 28 = 1344 px: 2304 tokens, 9216 patches; Qwen's
+#: default ``max_pixels`` allows about 1280 tokens).
+MAX_IMAGE_CELLS = 48
 #: Stage two reads the last this many prompt positions (mean over them, max over heads).
 STAGE_TWO_QUERIES = 3
 
@@ -65,6 +68,11 @@ def check_image_size(config, image_size: int) -> None:
     cell = cell_size(config)
     if not isinstance(image_size, int) or image_size < 2 * cell or image_size % cell:
         raise NuwaError(f"--image-size must be a multiple of {cell} px of at least {2 * cell}, got {image_size}")
+    if image_size > MAX_IMAGE_CELLS * cell:
+        raise NuwaError(
+            f"--image-size {image_size} is more than {MAX_IMAGE_CELLS * cell} px ({MAX_IMAGE_CELLS}x{MAX_IMAGE_CELLS} tokens): the vision graph "
+            "attends over every patch at once"
+        )
 
 
 def grid(config, image_size: int | None = None) -> tuple[int, int]:
@@ -157,7 +165,7 @@ class QwenParts(DecoderParts):
             if first <= i <= last:
                 states.append(x)
             if probs is not None:  # [B, heads, N4, N4] → attention each patch receives, per merged token
-                salience = probs.float().mean(dim=1).sum(dim=1).reshape(b, -1, 4).mean(dim=-1)
+                salience = probs.mean(dim=1).sum(dim=1).reshape(b, -1, 4).mean(dim=-1)
         features = self._merge(v.merger, x)
         sim = self._merge(v.merger, torch.stack(states).mean(dim=0))
         return VisionSignals(features, sim, salience)
@@ -202,8 +210,8 @@ def vision_block(blk: nn.Module, x: torch.Tensor, cos, sin, mask, want_probs: bo
     scores = (q @ k.transpose(2, 3)) * attn.scaling
     if mask is not None:
         scores = scores + mask
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(dtype)
-    out = (probs @ v).transpose(1, 2).reshape(b, n, e)
+    probs = scores.softmax(dim=-1, dtype=torch.float32)  # float32 (the salience sums ~N4 of them per key)
+    out = (probs.to(dtype) @ v).transpose(1, 2).reshape(b, n, e)
     x = x + attn.proj(out)
     x = x + blk.mlp(blk.norm2(x))
     return x, (probs if want_probs else None)

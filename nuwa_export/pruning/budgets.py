@@ -121,11 +121,14 @@ def resolve_qwen_budgets(
     k2: int | None = None,
     layer: int | None = None,
     prune: bool = True,
+    per_region: int | None = None,
 ) -> Budgets:
     """Qwen2.5-VL budgets (docs/algorithm.md §10): by ``keep_ratio`` (0.25, 0.5, 0.75; default
     0.5) ``K1 = min(ceil(N·s1), candidates)``, ``K2 = max(1, int(K1·s2))`` in float64; or by an
     average ``keep``: the schedule whose ratio is nearest ``keep / N``, with ``K1`` the smallest
-    that averages at least ``keep`` over the layers. Explicit ``k1`` / ``k2`` / ``layer`` override.
+    that averages at least ``keep`` over the layers. Explicit ``k1`` / ``k2`` / ``layer`` override;
+    ``per_region`` (``--per-region``) replaces the schedule's slots per region, and the candidates
+    ``K1`` is clipped to.
     """
     from nuwa_export.pruning.stage_one import _real_candidates
 
@@ -145,12 +148,21 @@ def resolve_qwen_budgets(
         keep_ratio = 0.5
     if keep_ratio not in QWEN_SCHEDULE:
         raise NuwaError(f"--keep-ratio must be one of {', '.join(str(r) for r in QWEN_SCHEDULE)} (the paper's schedule), got {keep_ratio}")
-    s1, s2, per_region = QWEN_SCHEDULE[keep_ratio]
+    s1, s2, scheduled = QWEN_SCHEDULE[keep_ratio]
+    if per_region is not None and not 1 <= per_region <= 4:
+        raise NuwaError(f"--per-region must be between 1 and 4, got {per_region}")
+    per_region = scheduled if per_region is None else per_region
     candidates = _real_candidates(grid, per_region)
     if keep is not None:  # smallest K1 whose average over the layers reaches keep
         d1 = min(max(1, math.floor(keep * num_layers / (layer + (num_layers - layer) * s2))), candidates)
         while d1 < candidates and layer * d1 + (num_layers - layer) * max(1, int(d1 * s2)) < keep * num_layers:
             d1 += 1
+        most = (layer * d1 + (num_layers - layer) * max(1, int(d1 * s2))) / num_layers
+        if k1 is None and most < keep:
+            raise NuwaError(
+                f"--keep {keep} cannot be reached: at most {most:.0f} tokens per layer on average with the {keep_ratio} schedule "
+                f"({candidates} candidates, K2 = {s2}·K1); pass a smaller --keep or --keep-ratio"
+            )
     else:
         d1 = min(math.ceil(n * s1), candidates)
     k1 = d1 if k1 is None else k1

@@ -64,7 +64,7 @@ def qwen_spec(budgets: Budgets, grid: tuple[int, int], per_region: int | None = 
               percentile: float | None = None) -> StageOneSpec:
     """Qwen2.5-VL's settings: ``n`` from the budget schedule, reach ``0.8·`` the padded grid's
     diagonal (``distance`` = its square), pillar quantile 0.1, no self-weight override."""
-    n = per_region or budgets.per_region or 3
+    n = per_region if per_region is not None else (budgets.per_region or 3)
     if not 1 <= n <= 4:
         raise NuwaError(f"--per-region must be between 1 and 4, got {n}")
     distance = qwen_reach(grid) ** 2 if distance is None else distance

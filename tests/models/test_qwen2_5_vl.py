@@ -262,3 +262,45 @@ def test_prompt_is_the_chat_template_split_at_one_image_token(qwen_dir):
     )
     with pytest.raises(NuwaError, match="must not contain <\\|image_pad\\|>"):
         family_named("qwen2_5_vl").build_prompt(tok, "look <|image_pad|>", image_id)
+
+
+def test_settings_that_cannot_be_met_are_refused():
+    from nuwa_export.models.families import family_named
+    from nuwa_export.pruning.spec import qwen_spec
+    from nuwa_export.pruning.stage_one import _real_candidates
+
+    b = resolve_qwen_budgets((16, 16), 28, keep_ratio=0.5)
+    with pytest.raises(NuwaError, match="--per-region must be between 1 and 4, got 0"):
+        qwen_spec(b, (16, 16), per_region=0)
+    with pytest.raises(NuwaError, match="--keep 256 cannot be reached: at most 220 "):
+        resolve_qwen_budgets((16, 16), 28, keep=256)
+    # a user's --per-region sets the candidates K1 is clipped to (17x17 at 0.75: ceil(289·0.85) = 246 > 225)
+    clipped = resolve_qwen_budgets((17, 17), 28, keep_ratio=0.75, per_region=3)
+    assert clipped.k1 == _real_candidates((17, 17), 3) == 225 and clipped.per_region == 3
+    llava = family_named("llava")
+    for ratio in (-1.0, 0.0, 2.0):
+        with pytest.raises(NuwaError, match=r"--keep-ratio must be in \(0, 1\]"):
+            llava.resolve_budgets((24, 24), 32, keep_ratio=ratio)
+    with pytest.raises(NuwaError, match="K1 = 7·keep/4 must fit in the 576 patches, so keep is at most 329"):
+        llava.resolve_budgets((24, 24), 32, keep_ratio=0.75)
+    assert llava.resolve_budgets((24, 24), 32, keep_ratio=0.25).keep == 144
+
+
+def test_image_size_has_an_upper_bound(qwen_dir):
+    with pytest.raises(NuwaError, match="--image-size 1372 is more than 1344 px"):
+        inspect_checkpoint(str(qwen_dir), 1372)
+    assert inspect_checkpoint(str(qwen_dir), 1344).grid == (48, 48)
+
+
+def test_eval_plans_qwen_checkpoints_by_keep_ratio_and_image_size(qwen_dir):
+    from nuwa_export.cli import eval_parser
+    from nuwa_export.eval import runner
+
+    args = eval_parser().parse_args(["refcoco", str(qwen_dir), "--data", "x.json", "--keep-ratio", "0.25", "0.75", "--image-size", "224"])
+    plan = runner.plan(args)
+    assert plan.family == "qwen2_5_vl" and plan.image_config.size == 224
+    assert [r.budgets["keep_ratio"] for r in plan.runs] == [0.25, 0.75]
+    assert plan.baseline.budgets["num_patches"] == 64  # the unpruned run at the same 224 px
+    args = eval_parser().parse_args(["refcoco", str(qwen_dir), "--data", "x.json", "--keep-ratio", "0.5", "--keep", "20"])
+    with pytest.raises(NuwaError, match="--keep or --keep-ratio, not both"):
+        runner.plan(args)

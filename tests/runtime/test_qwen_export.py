@@ -122,3 +122,12 @@ def test_ground_prints_a_box_or_says_there_is_none(qwen_export_factory, tmp_path
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert "box" in out and out["input_ids"]  # the random demo answers no box: box is null
+
+
+def test_manifest_keys_at_their_defaults_are_left_out(qwen_export_factory, demo_export):
+    """A LLaVA manifest stays readable by every reader of schema 2; a Qwen one says what differs."""
+    llava = json.loads((demo_export / mf.FILENAME).read_text())["budgets"]
+    qwen = json.loads((qwen_export_factory(0.5, 224) / mf.FILENAME).read_text())["budgets"]
+    assert "keep_ratio" not in llava and "self_weight" not in llava
+    assert qwen["keep_ratio"] == 0.5 and qwen["self_weight"] is False
+    assert mf.read(demo_export).budgets.self_weight is True

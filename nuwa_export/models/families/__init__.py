@@ -30,6 +30,7 @@ class Grounding:
     parse: Callable[[str], Box | None]  # answer → the box in the family's own coordinates, or None
     to_pixels: Callable[[Box, int, int, Any], Box]  # (box, width, height, ImageConfig) → pixels of the original image
     unit: Callable[[Box, Any], Box] = lambda box, cfg: box  # (box, ImageConfig) → 0–1 of the square the model saw
+    eval_prompt: Callable[[str], str] | None = None  # the benchmark harness's question (nuwa-eval), when not `question`
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Family:
     grounding: Grounding
     graph_io: Callable[[Any], dict[str, tuple[list, list]]]  # manifest → per graph (inputs, outputs) it must declare
     positions: Callable[[tuple[int, int]], Any]  # grid → position scheme (pruning.positions.RopePositions / MRopePositions)
-    resolve_budgets: Callable[..., Any]  # (grid, num_layers, keep=, k1=, k2=, layer=, prune=, keep_ratio=) → pruning.Budgets
+    resolve_budgets: Callable[..., Any]  # (grid, num_layers, keep=, k1=, k2=, layer=, prune=, keep_ratio=, per_region=) → pruning.Budgets
     stage_one: Callable[..., Any]  # (budgets, grid, per_region, distance, percentile) → pruning.StageOneSpec, defaults filled
 
 

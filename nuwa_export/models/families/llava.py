@@ -5,7 +5,6 @@ from __future__ import annotations
 from nuwa_export.errors import NuwaError
 from nuwa_export.eval import grounding
 from nuwa_export.models.families import Family, Grounding, register
-from nuwa_export.pruning.positions import RopePositions
 
 
 def graph_io(m) -> dict[str, tuple[list, list]]:
@@ -85,14 +84,20 @@ def _build_prompt(tokenizer, text: str, image_token_id: int):
     return build_prompt(tokenizer, text, image_token_id)
 
 
-def _resolve_budgets(grid, num_layers, *, keep=None, k1=None, k2=None, layer=None, prune=True, keep_ratio=None):
+def _resolve_budgets(grid, num_layers, *, keep=None, k1=None, k2=None, layer=None, prune=True, keep_ratio=None, per_region=None):
+    """``per_region`` is checked with the stage-one settings (:func:`_stage_one`)."""
     from nuwa_export.pruning import resolve_budgets
 
     n = grid[0] * grid[1]
     if keep_ratio is not None:
         if keep is not None:
             raise NuwaError("pass --keep or --keep-ratio, not both")
+        if not 0 < keep_ratio <= 1:
+            raise NuwaError(f"--keep-ratio must be in (0, 1], got {keep_ratio}")
         keep = max(1, round(keep_ratio * n))  # LLaVA's schedule is by average keep: 64/128/192 of 576
+        if 7 * keep // 4 > n:
+            raise NuwaError(f"--keep-ratio {keep_ratio} asks for keep {keep}; LLaVA's K1 = 7·keep/4 must fit in the {n} patches, "
+                            f"so keep is at most {4 * n // 7} (ratio {4 * n // 7 / n:.2f})")
     return resolve_budgets(n, num_layers, keep, k1, k2, layer, prune=prune)
 
 
@@ -100,6 +105,19 @@ def _stage_one(budgets, grid, per_region=None, distance=None, percentile=None):
     from nuwa_export.pruning.spec import stage_one_spec
 
     return stage_one_spec(budgets, grid, per_region, distance, percentile)
+
+
+def _positions(grid):
+    from nuwa_export.pruning.positions import RopePositions
+
+    return RopePositions(grid[0] * grid[1])
+
+
+def _lmms_eval_prompt(expression: str) -> str:
+    """lmms-eval's RefCOCO ``bbox_rec`` prompt (what the paper's LLaVA numbers were measured with)."""
+    from nuwa_export.eval.tasks import BBOX_REC_PROMPT
+
+    return BBOX_REC_PROMPT.format(expression=expression)
 
 
 LLAVA = register(Family(
@@ -115,9 +133,9 @@ LLAVA = register(Family(
     set_vision_dtype=_set_vision_dtype,
     image_config=_image_config,
     build_prompt=_build_prompt,
-    grounding=Grounding(grounding.question, grounding.parse_box, grounding.to_pixels),
+    grounding=Grounding(grounding.question, grounding.parse_box, grounding.to_pixels, eval_prompt=_lmms_eval_prompt),
     graph_io=graph_io,
-    positions=lambda grid: RopePositions(grid[0] * grid[1]),
+    positions=_positions,
     resolve_budgets=_resolve_budgets,
     stage_one=_stage_one,
 ))

@@ -8,7 +8,6 @@ import re
 
 from nuwa_export.eval import grounding
 from nuwa_export.models.families import Family, Grounding, register
-from nuwa_export.pruning.positions import MRopePositions
 
 IMAGE_TOKEN = "<|image_pad|>"
 #: How Qwen2.5-VL is asked for a box (its answers are absolute pixels of the image it saw).
@@ -130,16 +129,24 @@ def _build_prompt(tokenizer, text: str, image_token_id: int):
     return build_chat_prompt(tokenizer, text, image_token_id, IMAGE_TOKEN)
 
 
-def _resolve_budgets(grid, num_layers, *, keep=None, k1=None, k2=None, layer=None, prune=True, keep_ratio=None):
+def _resolve_budgets(grid, num_layers, *, keep=None, k1=None, k2=None, layer=None, prune=True, keep_ratio=None, per_region=None):
     from nuwa_export.pruning.budgets import resolve_qwen_budgets
 
-    return resolve_qwen_budgets(grid, num_layers, keep_ratio=keep_ratio, keep=keep, k1=k1, k2=k2, layer=layer, prune=prune)
+    return resolve_qwen_budgets(
+        grid, num_layers, keep_ratio=keep_ratio, keep=keep, k1=k1, k2=k2, layer=layer, prune=prune, per_region=per_region,
+    )
 
 
 def _stage_one(budgets, grid, per_region=None, distance=None, percentile=None):
     from nuwa_export.pruning.spec import qwen_spec
 
     return qwen_spec(budgets, grid, per_region, distance, percentile)
+
+
+def _positions(grid):
+    from nuwa_export.pruning.positions import MRopePositions
+
+    return MRopePositions(grid)
 
 
 QWEN2_5_VL = register(Family(
@@ -157,7 +164,7 @@ QWEN2_5_VL = register(Family(
     build_prompt=_build_prompt,
     grounding=Grounding(question, parse_box, to_pixels, unit),
     graph_io=graph_io,
-    positions=MRopePositions,
+    positions=_positions,
     resolve_budgets=_resolve_budgets,
     stage_one=_stage_one,
 ))
