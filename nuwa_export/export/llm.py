@@ -28,6 +28,9 @@ from torch import nn
 
 from nuwa_export.models.decoder import KVCache, cache_keyword, causal_mask, decoder_stack
 
+#: Node metadata the exporter writes with this machine's source paths and line numbers; dropped, so
+#: an export carries no local paths and its bytes do not depend on where nuwa-export is installed.
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 #: Trace sizes: not 0 or 1, which torch.export would specialise (validation uses 0 and 1).
 TRACE_SEQ, TRACE_PAST, TRACE_BATCH = 5, 3, 2
 
@@ -123,6 +126,8 @@ def _export(module: nn.Module, args: tuple, input_names, output_names, dynamic_s
         dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=18, optimize=True, verbose=False,
     )
     program.model.producer_name = "nuwa-export"
+    for node in program.model.graph.all_nodes():
+        node.metadata_props.pop(STACK_TRACE_KEY, None)
     program.save(str(path), external_data=external)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nuwa_export.export import ops
+from nuwa_export.export.llm import STACK_TRACE_KEY
 from nuwa_export.pruning import Budgets
 from nuwa_export.pruning.spec import StageOneSpec, anchors, stage_one_spec
 
@@ -68,6 +69,10 @@ def trace(graph: VisionGraph, image_size: int):
     )
     model = program.model_proto  # a fresh copy on each access: read it once
     model.producer_name = "nuwa-export"
+    for node in model.graph.node:  # no local source paths in the export (export.llm.STACK_TRACE_KEY)
+        keep = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
     if graph.prune:
         ops.attach_function(model)
     plugin = onnx.ModelProto()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -154,3 +155,18 @@ def test_export_is_deterministic(demo_dir, demo_export, tmp_path):
     export(str(demo_dir), tmp_path / "again", progress=False)
     first, again = mf.read(demo_export), mf.read(tmp_path / "again")
     assert again.files == first.files  # every file, byte for byte (sha256)
+
+
+def test_exported_graphs_carry_no_local_source_paths(demo_export):
+    """The exporter's per-node stack traces name this machine's files: they are dropped, so an
+    export's bytes do not depend on where nuwa-export is installed."""
+    import nuwa_export
+
+    from nuwa_export.export.llm import STACK_TRACE_KEY
+
+    root = str(Path(nuwa_export.__file__).resolve().parent.parent).encode()
+    for name in ("vision.onnx", "vision.plugin.onnx", "llm_prefix.onnx", "llm_suffix.onnx"):
+        model = onnx.load(demo_export / name, load_external_data=False)
+        assert not [p for n in model.graph.node for p in n.metadata_props if p.key == STACK_TRACE_KEY], name
+        assert any(n.metadata_props for n in model.graph.node), name  # the rest of the metadata stays
+        assert root not in (demo_export / name).read_bytes(), name
