@@ -112,7 +112,7 @@ class Reference:
         p = self.parts
         hidden = p.embed(torch.tensor([[token]], device=p.device))
         pos = torch.tensor([[position]], device=p.device)
-        if getattr(p, "position_rows", 1) > 1:
+        if p.position_rows > 1:
             pos = pos[None].expand(p.position_rows, -1, -1)
         return p.logits(p.run_layers(hidden, pos, cache, 0, p.num_layers))
 

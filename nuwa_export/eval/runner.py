@@ -105,7 +105,7 @@ def _reference_run(loaded: _Loaded, budgets, args: argparse.Namespace, fp: dict)
 def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = None, baseline_only: bool = False, image_size: int | None = None):
     from nuwa_export.models.loader import inspect_checkpoint, pick_device, pick_dtype
 
-    info = inspect_checkpoint(model, image_size if image_size is not None else getattr(args, "image_size", None))
+    info = inspect_checkpoint(model, image_size if image_size is not None else args.image_size)
     loaded = _Loaded(info, dtype, args.device, vision_dtype)
     device = pick_device(args.device)
     resolved = str(pick_dtype(dtype, getattr(info.config, "dtype", None), device)).removeprefix("torch.")
@@ -116,7 +116,7 @@ def _checkpoint_runs(model: str, args, dtype: str, vision_dtype: str | None = No
     full = _reference_run(loaded, info.budgets(prune=False), args, fp)
     if baseline_only or args.no_prune:
         return info, loaded, [], full
-    ratios = getattr(args, "keep_ratio", None)
+    ratios = args.keep_ratio
     if args.keep and ratios:
         raise NuwaError("pass --keep or --keep-ratio, not both")
     if ratios:
@@ -141,7 +141,7 @@ def plan(args: argparse.Namespace) -> Plan:
 
     from nuwa_export.runtime.pipeline import Pipeline, budgets_of, image_config_of
 
-    given = [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f, None)]
+    given = [f"--{f.replace('_', '-')}" for f in BUDGET_FLAGS if getattr(args, f)]
     if given:
         raise NuwaError(f"{' '.join(given)}: budgets are fixed when exporting; re-run nuwa-export to change them")
     directory = Path(args.model).expanduser()

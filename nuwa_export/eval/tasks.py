@@ -40,7 +40,7 @@ class GroundingFormat:
     family: str
     prompt: Callable[[str], str]
     parse: Callable[[str], tuple[float, float, float, float] | None]
-    unit: Callable = lambda box, cfg: box
+    unit: Callable
 
 
 def grounding_format(family: str = "llava") -> GroundingFormat:

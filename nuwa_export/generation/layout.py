@@ -14,20 +14,15 @@ import torch
 
 from nuwa_export.prompt import Prompt, check_context
 from nuwa_export.pruning import stage_two_rows
-from nuwa_export.pruning.positions import RopePositions
 
 
 @dataclass(frozen=True)
 class Layout:
-    """One request's prompt and its position scheme (``RopePositions`` / ``MRopePositions``
-    from the family; an int is 1-D positions over that many patches)."""
+    """One request's prompt and its position scheme (the family's ``positions(grid)``:
+    ``pruning.positions.RopePositions`` or ``MRopePositions``)."""
 
     prompt: Prompt
     scheme: Any
-
-    def __post_init__(self) -> None:
-        if isinstance(self.scheme, int):
-            object.__setattr__(self, "scheme", RopePositions(self.scheme))
 
     @property
     def num_patches(self) -> int:

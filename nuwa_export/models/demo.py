@@ -53,9 +53,14 @@ def cache_dir() -> Path:
 
 def ensure_built() -> Path:
     """The demo checkpoint in the cache directory, built on first use."""
-    path = cache_dir() / f"demo-v{DEMO_VERSION}"
+    return cached(f"demo-v{DEMO_VERSION}", build)
+
+
+def cached(name: str, builder) -> Path:
+    """``cache_dir() / name``, built with ``builder(path, seed=0, _race_ok=True)`` on first use."""
+    path = cache_dir() / name
     if not (path / "model.safetensors").is_file():
-        build(path, seed=0, _race_ok=True)
+        builder(path, seed=0, _race_ok=True)
     return path
 
 

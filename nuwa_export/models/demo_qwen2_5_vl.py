@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from nuwa_export.image import CLIP_MEAN, CLIP_STD
-from nuwa_export.models.demo import cache_dir, write_checkpoint
+from nuwa_export.models.demo import cached, write_checkpoint
 
 #: Bump when the demo's contents change, so caches rebuild.
 DEMO_VERSION = 1
@@ -54,10 +54,8 @@ CHAT_TEMPLATE = (
 
 
 def ensure_built() -> Path:
-    path = cache_dir() / f"demo-qwen2.5-vl-v{DEMO_VERSION}"
-    if not (path / "model.safetensors").is_file():
-        build(path, seed=0, _race_ok=True)
-    return path
+    """The Qwen demo checkpoint in the cache directory, built on first use."""
+    return cached(f"demo-qwen2.5-vl-v{DEMO_VERSION}", build)
 
 
 def build_tokenizer(vocab_size: int):

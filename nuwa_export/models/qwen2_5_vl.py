@@ -123,7 +123,6 @@ class QwenParts(DecoderParts):
         self.grid = grid(model.config, self.image_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.num_layers = model.config.text_config.num_hidden_layers
-        self.num_vision_layers = vc.depth
         self.patch, self.temporal = vc.patch_size, vc.temporal_patch_size
         self.full_attention = frozenset(vc.fullatt_block_indexes)
         # similarity features: mean of the states after blocks D/4-1 .. 3D/4-1 (7..23 of 32)
@@ -193,7 +192,6 @@ class QwenParts(DecoderParts):
     def vision_module(self) -> nn.Module:
         """The module holding every weight :meth:`vision_signals` uses."""
         return self.visual
-
 
 
 def vision_block(blk: nn.Module, x: torch.Tensor, cos, sin, mask, want_probs: bool = False):

@@ -130,7 +130,7 @@ def resolve_qwen_budgets(
     ``per_region`` (``--per-region``) replaces the schedule's slots per region, and the candidates
     ``K1`` is clipped to.
     """
-    from nuwa_export.pruning.stage_one import _real_candidates
+    from nuwa_export.pruning.stage_one import qwen_stage_one_keep, real_candidates
 
     n = int(grid[0]) * int(grid[1])
     layer = qwen_stage_two_layer(num_layers) if layer is None else layer
@@ -152,7 +152,7 @@ def resolve_qwen_budgets(
     if per_region is not None and not 1 <= per_region <= 4:
         raise NuwaError(f"--per-region must be between 1 and 4, got {per_region}")
     per_region = scheduled if per_region is None else per_region
-    candidates = _real_candidates(grid, per_region)
+    candidates = real_candidates(grid, per_region)
     if keep is not None:  # smallest K1 whose average over the layers reaches keep
         d1 = min(max(1, math.floor(keep * num_layers / (layer + (num_layers - layer) * s2))), candidates)
         while d1 < candidates and layer * d1 + (num_layers - layer) * max(1, int(d1 * s2)) < keep * num_layers:
@@ -164,7 +164,7 @@ def resolve_qwen_budgets(
                 f"({candidates} candidates, K2 = {s2}·K1); pass a smaller --keep or --keep-ratio"
             )
     else:
-        d1 = min(math.ceil(n * s1), candidates)
+        d1 = qwen_stage_one_keep(grid, s1, per_region)
     k1 = d1 if k1 is None else k1
     k2 = max(1, int(k1 * s2)) if k2 is None else k2
     if not 1 <= k1 <= candidates:

@@ -23,6 +23,7 @@ from nuwa_export.pruning.stage_one import (
     pillar_mask,
     qwen_anchors,
     qwen_reach,
+    real_candidates,
     separation,
     swarm_weights,
 )
@@ -76,9 +77,7 @@ def qwen_spec(budgets: Budgets, grid: tuple[int, int], per_region: int | None = 
 
 
 def qwen_anchors_possible(grid: tuple[int, int], k1: int, per_region: int) -> None:
-    from nuwa_export.pruning.stage_one import _real_candidates
-
-    real = _real_candidates(grid, per_region)
+    real = real_candidates(grid, per_region)
     if k1 > real:
         raise NuwaError(f"--per-region {per_region} gives {real} candidates on the {grid[0]}x{grid[1]} grid, fewer than K1={k1}")
 
@@ -105,6 +104,10 @@ def weights(sim, indices, anchor_scores, grid, spec: StageOneSpec) -> torch.Tens
 
 def run_stage_one(features, sim, salience, grid: tuple[int, int], keep: int, spec: StageOneSpec):
     """Stage one for a batch: ``(tokens [B, keep, D], indices [B, keep], pillars [B, keep])``."""
+    if features.shape[:2] != sim.shape[:2] or features.shape[:2] != salience.shape:
+        raise NuwaError(
+            f"stage one shapes disagree: features {tuple(features.shape)}, sim {tuple(sim.shape)}, salience {tuple(salience.shape)}"
+        )
     indices = anchors(salience.float(), grid, keep, spec.per_region)
     scores = salience.float().gather(1, indices)
     tokens = (weights(sim, indices, scores, grid, spec) @ features.float()).to(features.dtype)

@@ -7,7 +7,8 @@ then lower patch index (stable sorts over index-ordered candidates).
 
 Only the ``K×N`` rows of the similarity matrix that are used are ever computed.
 
-Qwen2.5-VL variant (``qwen_*``): the merged patch grid may have odd sides, so separation runs on
+Qwen2.5-VL (``qwen_*``, run with its settings by :func:`nuwa_export.pruning.spec.run_stage_one`):
+the merged patch grid may have odd sides, so separation runs on
 the grid zero-padded to even sides (bottom row / right column) with the padding ranked ``-inf``;
 alignment keeps ``K1`` = :func:`qwen_stage_one_keep` anchors, which is never more than the real
 candidates, so no padding is ever picked and shapes stay static. Anchors are returned as unpadded
@@ -238,7 +239,7 @@ def qwen_reach(grid: tuple[int, int]) -> float:
     return QWEN_REACH_FACTOR * math.sqrt((hp - 1) ** 2 + (wp - 1) ** 2)
 
 
-def _real_candidates(grid: tuple[int, int], per_region: int) -> int:
+def real_candidates(grid: tuple[int, int], per_region: int) -> int:
     """``Σ_regions min(n, real slots of the region)`` over the 2×2 regions of the padded grid."""
     h, w = int(grid[0]), int(grid[1])
     hp, wp = padded_grid(grid)
@@ -260,7 +261,7 @@ def qwen_stage_one_keep(grid: tuple[int, int], s1: float, per_region: int) -> in
         ``K1 >= 1``; :func:`qwen_anchors` with this ``keep`` never picks padding.
     """
     h, w = int(grid[0]), int(grid[1])
-    real = _real_candidates(grid, per_region)
+    real = real_candidates(grid, per_region)
     if not 0.0 < s1 <= 1.0:
         raise NuwaError(f"the stage-one fraction must be in (0, 1], got {s1}")
     return min(math.ceil(h * w * float(s1)), real)
@@ -281,7 +282,7 @@ def qwen_anchors(salience: torch.Tensor, grid: tuple[int, int], keep: int, per_r
     b, n = salience.shape
     h, w = _check_grid(grid, n, even=False)
     hp, wp = padded_grid(grid)
-    real = _real_candidates(grid, per_region)
+    real = real_candidates(grid, per_region)
     if not 1 <= keep <= real:
         raise NuwaError(
             f"cannot keep {keep} anchors out of the {real} real candidates of the {h}x{w} grid "
@@ -295,43 +296,3 @@ def qwen_anchors(salience: torch.Tensor, grid: tuple[int, int], keep: int, per_r
     # padded → unpadded raster is increasing on real slots, so the result stays ascending.
     picked = alignment(padded, candidates, keep)
     return (picked // wp) * w + picked % wp
-
-
-def qwen_stage_one(
-    features: torch.Tensor,
-    sim: torch.Tensor,
-    salience: torch.Tensor,
-    grid: tuple[int, int],
-    keep: int,
-    *,
-    per_region: int,
-    percentile: float = QWEN_PERCENTILE,
-    reach: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Qwen2.5-VL stage one: :func:`qwen_anchors` then the swarm without the self override.
-
-    Args:
-        features: ``[B, N, D]`` merged-patch features to merge, any float dtype.
-        sim: ``[B, N, Ds]`` similarity features; L2-normalised per patch here.
-        salience: ``[B, N]`` float patch scores (positive).
-        grid: ``(H, W)`` merged patch grid, any sides ≥ 1, ``H·W = N``.
-        keep: anchors to keep (K1), at most the real candidates (:func:`qwen_stage_one_keep`).
-        per_region: slots per 2×2 region of the padded grid, 1..4.
-        percentile: pillar threshold quantile of the anchors' salience (linear interpolation).
-        reach: penalty reach in patches; ``None`` means :func:`qwen_reach` of ``grid``.
-    Returns:
-        ``tokens [B, keep, D]`` in the dtype of ``features`` (computed in float32) and
-        ``indices [B, keep]`` int64 unpadded raster indices, ascending.
-    """
-    if features.shape[:2] != sim.shape[:2] or features.shape[:2] != salience.shape:
-        raise NuwaError(
-            f"qwen_stage_one shapes disagree: features {tuple(features.shape)}, sim {tuple(sim.shape)}, "
-            f"salience {tuple(salience.shape)}"
-        )
-    _check_grid(grid, features.shape[1], even=False)
-    if reach is None:
-        reach = qwen_reach(grid)
-    indices = qwen_anchors(salience, grid, keep, per_region)
-    weights = aggregation_weights(sim, salience, indices, grid, percentile=percentile, reach=reach, self_override=False)
-    tokens = (weights @ features.float()).to(features.dtype)
-    return tokens, indices

@@ -267,7 +267,7 @@ def test_prompt_is_the_chat_template_split_at_one_image_token(qwen_dir):
 def test_settings_that_cannot_be_met_are_refused():
     from nuwa_export.models.families import family_named
     from nuwa_export.pruning.spec import qwen_spec
-    from nuwa_export.pruning.stage_one import _real_candidates
+    from nuwa_export.pruning.stage_one import real_candidates
 
     b = resolve_qwen_budgets((16, 16), 28, keep_ratio=0.5)
     with pytest.raises(NuwaError, match="--per-region must be between 1 and 4, got 0"):
@@ -276,7 +276,7 @@ def test_settings_that_cannot_be_met_are_refused():
         resolve_qwen_budgets((16, 16), 28, keep=256)
     # a user's --per-region sets the candidates K1 is clipped to (17x17 at 0.75: ceil(289·0.85) = 246 > 225)
     clipped = resolve_qwen_budgets((17, 17), 28, keep_ratio=0.75, per_region=3)
-    assert clipped.k1 == _real_candidates((17, 17), 3) == 225 and clipped.per_region == 3
+    assert clipped.k1 == real_candidates((17, 17), 3) == 225 and clipped.per_region == 3
     llava = family_named("llava")
     for ratio in (-1.0, 0.0, 2.0):
         with pytest.raises(NuwaError, match=r"--keep-ratio must be in \(0, 1\]"):
@@ -304,3 +304,45 @@ def test_eval_plans_qwen_checkpoints_by_keep_ratio_and_image_size(qwen_dir):
     args = eval_parser().parse_args(["refcoco", str(qwen_dir), "--data", "x.json", "--keep-ratio", "0.5", "--keep", "20"])
     with pytest.raises(NuwaError, match="--keep or --keep-ratio, not both"):
         runner.plan(args)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda c: setattr(c.vision_config, "spatial_merge_size", 3), "spatial_merge_size 3 is not supported"),
+    (lambda c: setattr(c.vision_config, "fullatt_block_indexes", [1, 2]), "the last vision block must be a full-attention block"),
+    (lambda c: (setattr(c.vision_config, "depth", 3), setattr(c.vision_config, "fullatt_block_indexes", [2])), "at least 4 are needed"),
+    (lambda c: setattr(c.vision_config, "patch_size", 0), "vision_config.patch_size must be a positive integer"),
+    (lambda c: setattr(c.text_config, "num_hidden_layers", 1), "at least 2 are needed to split it"),
+    (lambda c: setattr(c.text_config, "use_sliding_window", True), "sliding-window attention in the LLM is not supported"),
+    (lambda c: setattr(c.vision_config, "out_hidden_size", 64), "out_hidden_size must equal the LLM's hidden_size"),
+])
+def test_checkpoints_the_code_was_not_written_for_are_refused(qwen_dir, edit, match):
+    from transformers import AutoConfig
+
+    from nuwa_export.models.qwen2_5_vl import check_config
+
+    config = AutoConfig.from_pretrained(qwen_dir)
+    check_config(config)
+    edit(config)
+    with pytest.raises(NuwaError, match=match):
+        check_config(config)
+
+
+def test_a_llava_tower_takes_its_own_image_size_only(demo_dir):
+    assert inspect_checkpoint(str(demo_dir), 224).image_size == 224
+    with pytest.raises(NuwaError, match="--image-size 448: this LLaVA tower takes 224 px images only"):
+        inspect_checkpoint(str(demo_dir), 448)
+
+
+def test_a_chat_prompt_needs_a_template_and_one_image_slot(qwen_dir):
+    from transformers import AutoTokenizer
+
+    from nuwa_export.prompt import build_chat_prompt
+
+    tok = AutoTokenizer.from_pretrained(qwen_dir)
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    tok.chat_template = "{% for m in messages %}{{ m['content'][1]['text'] }}{% endfor %}"  # drops the image
+    with pytest.raises(NuwaError, match="the chat template has 0 image tokens, expected 1"):
+        build_chat_prompt(tok, "hi", image_id, "<|image_pad|>")
+    tok.chat_template = None
+    with pytest.raises(NuwaError, match="has no chat template"):
+        build_chat_prompt(tok, "hi", image_id, "<|image_pad|>")

@@ -17,11 +17,19 @@ from nuwa_export.pruning import (
     padded_grid,
     qwen_anchors,
     qwen_reach,
-    qwen_stage_one,
     qwen_stage_one_keep,
 )
+from nuwa_export.pruning.spec import StageOneSpec, run_stage_one
 
 NEG_INF = float("-inf")
+
+
+def qwen_stage_one(feat, sim, a, grid, keep, *, per_region, reach=None):
+    """Stage one as the reference and the export run it (``pruning.spec.run_stage_one``), with
+    Qwen2.5-VL's settings (``pruning.spec.qwen_spec``: reach², quantile 0.1, no self override)."""
+    distance = (qwen_reach(grid) if reach is None else reach) ** 2
+    tokens, idx, _ = run_stage_one(feat, sim, a, grid, keep, StageOneSpec(per_region, distance, QWEN_PERCENTILE, self_weight=False))
+    return tokens, idx
 
 
 def plain_qwen_stage_one(feat, sim, a, h, w, s1, n, percentile=0.1):

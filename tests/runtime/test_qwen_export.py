@@ -131,3 +131,15 @@ def test_manifest_keys_at_their_defaults_are_left_out(qwen_export_factory, demo_
     assert "keep_ratio" not in llava and "self_weight" not in llava
     assert qwen["keep_ratio"] == 0.5 and qwen["self_weight"] is False
     assert mf.read(demo_export).budgets.self_weight is True
+
+
+def test_nuwa_eval_refuses_checkpoint_settings_on_an_export(qwen_export_factory):
+    from nuwa_export.cli import eval_parser
+    from nuwa_export.errors import NuwaError
+    from nuwa_export.eval import runner
+
+    d = qwen_export_factory(0.5, 224)
+    for flags in (["--keep-ratio", "0.25"], ["--image-size", "448"]):
+        args = eval_parser().parse_args(["refcoco", str(d), "--data", "x.json", *flags])
+        with pytest.raises(NuwaError, match=f"{flags[0]}: budgets are fixed when exporting"):
+            runner.plan(args)

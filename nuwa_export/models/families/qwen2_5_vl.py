@@ -12,8 +12,6 @@ from nuwa_export.models.families import Family, Grounding, register
 IMAGE_TOKEN = "<|image_pad|>"
 #: How Qwen2.5-VL is asked for a box (its answers are absolute pixels of the image it saw).
 QUESTION = 'Locate "{phrase}" in the image and output its bbox coordinates in JSON format.'
-_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
-_BOX = re.compile(r"\[" + ",".join([_NUM] * 4) + r"\]")
 
 
 def graph_io(m) -> dict[str, tuple[list, list]]:
@@ -38,10 +36,7 @@ def parse_box(text: str):
     the model saw. None when there is none."""
     found = _bbox_from_json(text)
     if found is None:
-        m = _BOX.search(text)
-        if not m:
-            return None
-        found = [float(g) for g in m.groups()]
+        return grounding.parse_box(text)
     x1, y1, x2, y2 = found
     return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
 
