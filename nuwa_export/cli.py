@@ -282,6 +282,11 @@ def export_parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
         help=f"most requests served side by side (nuwa-run --requests, TensorRT profiles; default {DEFAULT_MAX_BATCH})",
     )
+    p.add_argument(
+        "--no-ort-graphs", action="store_true",
+        help="skip the ONNX Runtime LLM graphs (llm_*.ort.onnx: fused attention, KV updated in place), which double "
+        "the LLM files; the ort backend then runs the standard graphs TensorRT builds",
+    )
     add_budget_flags(p)
     p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
     return p

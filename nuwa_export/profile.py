@@ -166,6 +166,8 @@ def profile(
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, stop_at_eos=False)
     runner = _open(directory, manifest, backend, device, dtype)
     engine_device = runner.stages().device
+    # which LLM graphs ran: the ONNX Runtime ones (fused attention, in-place KV) or the standard ones
+    llm_graphs = None if backend == "torch" else ("ort" if getattr(runner.backend, "in_place", False) else "standard")
     cuda = backend == "torch" and engine_device.type == "cuda"
     try:
         samples, results = [], []
@@ -203,6 +205,7 @@ def profile(
         },
         "settings": {
             "backend": backend, "device": device, "runs": runs, "warmup": warmup, "max_new_tokens": max_new_tokens,
+            "llm_graphs": llm_graphs,
             "image": str(image_path), "prompt": prompt, "prompt_tokens": len(last.prompt.input_ids) - 1,
         },
         "generated_tokens": len(last.generated_ids),

@@ -222,7 +222,7 @@ class TorchStages:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.parts.embed(ids)
 
-    def empty_past(self, start: int, end: int, batch: int) -> KVCache:
+    def empty_past(self, start: int, end: int, batch: int, capacity: int = 0) -> KVCache:
         return KVCache()
 
     def past_bytes(self, past: KVCache) -> int:

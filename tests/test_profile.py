@@ -48,6 +48,7 @@ def test_report_schema(ort_report, demo_dir, demo_export):
     assert report["versions"]["nuwa_export"] and "onnxruntime" in report["versions"]
     assert report["export"]["budgets"]["stage_one_keep"] == 49 and report["export"]["grid"] == [16, 16]
     assert report["settings"]["runs"] == RUNS and report["settings"]["backend"] == "ort"
+    assert report["settings"]["llm_graphs"] == "ort"  # the ONNX Runtime graphs (in-place KV) ran
     assert report["generated_tokens"] == TOKENS  # EOS ignored: every run is the same length
     stages = report["stages_ms"]
     for name in (*PREFILL_PARTS, "time_to_first_token", "decode", "decode_per_token", "tokens_per_s", "total"):

@@ -31,6 +31,8 @@ from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 
 GRAPHS = ("vision", "vision_plugin", "llm_prefix", "llm_suffix")
+#: The ONNX Runtime LLM graphs (manifest ``ort_graphs``; optional).
+ORT_GRAPHS = ("llm_prefix", "llm_suffix")
 EMBEDDINGS_FILE = "embeddings.safetensors"
 LLM_DTYPES = ("float32", "float16")
 _SAFETENSORS_DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2)}
@@ -158,8 +160,10 @@ def graph_io(path: Path) -> tuple[list[mf.TensorSpec], list[mf.TensorSpec], dict
 
 
 def _check_op(op: str, domain: str, node: str, opsets: dict[str, int], functions: set) -> None:
-    """The node's operator exists: a standard ONNX op, a function of the model, or ours."""
+    """The node's operator exists: a standard ONNX op, a function of the model, ours, or the
+    ONNX Runtime contrib op the ONNX Runtime graphs use."""
     from nuwa_export.constants import OP_DOMAIN, OP_NAME
+    from nuwa_export.export.fused import GQA_DOMAIN, GQA_NAME
 
     domain = "" if domain == "ai.onnx" else domain
     if domain not in opsets and not (domain == "" and "ai.onnx" in opsets):
@@ -171,7 +175,7 @@ def _check_op(op: str, domain: str, node: str, opsets: dict[str, int], functions
             return
         if not onnx.defs.has(op):
             raise _Bad(f"{op} node '{node}': there is no ONNX operator {op}")
-    elif (domain, op) not in functions and (domain, op) != (OP_DOMAIN, OP_NAME):
+    elif (domain, op) not in functions and (domain, op) not in ((OP_DOMAIN, OP_NAME), (GQA_DOMAIN, GQA_NAME)):
         raise _Bad(f"{op} node '{node}': nothing defines {domain}::{op}")
 
 
@@ -323,7 +327,14 @@ def _expected(m: mf.Manifest) -> dict[str, tuple[list, list]]:
     return known[m.family].graph_io(m)
 
 
-def _compare(m: mf.Manifest, graph: str, file: str, side: str, got: list[mf.TensorSpec], want: list) -> None:
+def _in_place_io(standard: tuple[list, list]) -> tuple[list, list]:
+    """An ONNX Runtime LLM graph's (inputs, outputs): the standard graph's, with
+    ``attention_mask [B, P + S]`` in place of ``pad_lengths`` (:mod:`nuwa_export.export.fused`)."""
+    inputs = [("attention_mask", "int64", [None, None]) if name == "pad_lengths" else (name, dtype, dims) for name, dtype, dims in standard[0]]
+    return inputs, standard[1]
+
+
+def _compare(m: mf.Manifest, graph: str, file: str, side: str, got: list[mf.TensorSpec], want: list, where: str = "graphs") -> None:
     names, want_names = [t.name for t in got], [w[0] for w in want]
     if names != want_names:
         missing = [n for n in want_names if n not in names]
@@ -332,7 +343,7 @@ def _compare(m: mf.Manifest, graph: str, file: str, side: str, got: list[mf.Tens
         if (missing or extra) and all(n.startswith(("past_", "present_")) for n in missing + extra):
             why = f"manifest.json says llm.num_layers {m.llm.num_layers} split at budgets.stage_two_layer {m.budgets.stage_two_layer}"
         else:
-            why = f"manifest.json graphs.{graph} describes another graph"
+            why = f"manifest.json {where}.{graph} describes another graph"
         _fail(f"{file} {what}, but {why}")
     for t, (name, dtype, dims) in zip(got, want):
         dtype, dfield = dtype if isinstance(dtype, tuple) else (dtype, None)
@@ -415,9 +426,12 @@ def _check_values(m: mf.Manifest) -> None:
     if graphs != set(GRAPHS):
         odd = sorted(graphs ^ set(GRAPHS))[0]
         say(f"graphs.{odd} is {'unknown' if odd in graphs else 'missing'}")
-    for graph, spec in m.graphs.items():
+    if m.ort_graphs and set(m.ort_graphs) != set(ORT_GRAPHS):
+        odd = sorted(set(m.ort_graphs) ^ set(ORT_GRAPHS))[0]
+        say(f"ort_graphs.{odd} is {'unknown' if odd in m.ort_graphs else 'missing'}")
+    for where, graph, spec in [*(("graphs", g, s) for g, s in m.graphs.items()), *(("ort_graphs", g, s) for g, s in m.ort_graphs.items())]:
         if spec.file not in m.files:
-            say(f"graphs.{graph}.file '{spec.file}' is not among the files it hashes")
+            say(f"{where}.{graph}.file '{spec.file}' is not among the files it hashes")
     if EMBEDDINGS_FILE not in m.files:
         say(f"{EMBEDDINGS_FILE} is not among the files it hashes")
     if not any(name.startswith("tokenizer/") for name in m.files):
@@ -531,19 +545,20 @@ def check(directory: str | Path, m: mf.Manifest) -> None:
     _check_values(m)
     expected = _expected(m)
     io = {}
-    for graph in GRAPHS:
-        spec = m.graphs[graph]
+    ort = {g: _in_place_io(expected[g]) for g in ORT_GRAPHS}
+    for where, graph, spec, want in [*(("graphs", g, m.graphs[g], expected[g]) for g in GRAPHS), *(("ort_graphs", g, m.ort_graphs[g], ort[g]) for g in m.ort_graphs)]:
         path = directory / spec.file
         inputs, outputs, opsets = graph_io(path)
-        for side, got, recorded, want in (("input", inputs, spec.inputs, expected[graph][0]), ("output", outputs, spec.outputs, expected[graph][1])):
-            _compare(m, graph, spec.file, side, got, want)
+        for side, got, recorded, w in (("input", inputs, spec.inputs, want[0]), ("output", outputs, spec.outputs, want[1])):
+            _compare(m, graph, spec.file, side, got, w, where)
             if [(t.name, t.dtype, list(t.shape)) for t in got] != [(t.name, t.dtype, list(t.shape)) for t in recorded]:
                 diff = next((r for r, g in zip(recorded, got) if (r.name, r.dtype, list(r.shape)) != (g.name, g.dtype, list(g.shape))), None)
                 name = diff.name if diff else f"{len(recorded)} vs {len(got)} {side}s"
-                _fail(f"{spec.file} does not match manifest.json graphs.{graph}.{side}s ({name})")
+                _fail(f"{spec.file} does not match manifest.json {where}.{graph}.{side}s ({name})")
         if opsets.get("", opsets.get("ai.onnx")) != m.opset:
             _fail(f"{spec.file} uses ONNX opset {opsets.get('', '(none)')}, but manifest.json opset is {m.opset}")
-        io[graph] = inputs
+        if where == "graphs":
+            io[graph] = inputs
     _check_profiles(m, io)
     _check_swarm(directory, m)
     _check_embeddings(directory, m)

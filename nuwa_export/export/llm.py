@@ -13,6 +13,10 @@
   inputs ``hidden_states``, ``position_ids``, ``pad_lengths``, ``past_key_i`` / ``past_value_i``
   for ``i >= L``; outputs ``logits [B, V]`` of the last position and the present key/values.
 
+``llm_prefix.ort.onnx`` / ``llm_suffix.ort.onnx`` — the same two for ONNX Runtime, each layer's
+attention and KV update one ``GroupQueryAttention`` node over KV buffers written in place
+(:mod:`nuwa_export.export.fused`: ``Fused*Graph``, ``export_*(..., fused=True)``).
+
 Prefill (P = 0) and decode (S = 1) share each graph. Masks are causal by sequence order; a batch
 of prompts of different lengths is left-padded, so every row's last position is the last column
 and one decode step appends one entry to every row.
@@ -20,6 +24,7 @@ and one decode step appends one entry to every row.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +38,8 @@ from nuwa_export.models.decoder import KVCache, cache_keyword, causal_mask, deco
 STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 #: Trace sizes: not 0 or 1, which torch.export would specialise (validation uses 0 and 1).
 TRACE_SEQ, TRACE_PAST, TRACE_BATCH = 5, 3, 2
+#: In-place KV buffers' capacity when tracing (more than TRACE_PAST + TRACE_SEQ).
+TRACE_CAPACITY = 11
 
 
 def kv_names(kind: str, layers: range) -> list[str]:
@@ -50,21 +57,38 @@ class _Stack(nn.Module):
         self.rotary = parts.lm.rotary_emb
         self.cache_kw = cache_keyword(parts.lm.layers[0])
 
-    def run(self, hidden, position_ids, pad_lengths, past, *, keep_input_of: int | None = None):
-        cache = KVCache()
-        for j, i in enumerate(range(self.start, self.end)):
-            cache.keys[i], cache.values[i] = past[2 * j], past[2 * j + 1]
-        p = past[0].shape[2]
+    def run(self, hidden, position_ids, pad_lengths, past, *, keep_input_of: int | None = None, attention_mask=None):
+        """Standard KV (``attention_mask`` None: past of length P in, P + S out) or in-place
+        buffers (:mod:`nuwa_export.export.fused`: ``pad_lengths`` is derived from the mask)."""
+        layers = range(self.start, self.end)
+        extra = {}
+        if attention_mask is None:
+            cache = KVCache()
+            for j, i in enumerate(layers):
+                cache.keys[i], cache.values[i] = past[2 * j], past[2 * j + 1]
+            p = past[0].shape[2]
+        else:
+            from nuwa_export.export.fused import BufferCache
+
+            cache = BufferCache({i: (past[2 * j], past[2 * j + 1]) for j, i in enumerate(layers)}, attention_mask)
+            p = attention_mask.shape[1] - hidden.shape[1]
+            pad_lengths = attention_mask.shape[1] - attention_mask.sum(1)
+            extra = {"nuwa_buffers": cache}
         mask = causal_mask(hidden.shape[1], p, hidden.dtype, hidden.device, pad_lengths)
         layer_input = None
         if keep_input_of is None:
-            hidden = decoder_stack(self.layers, self.rotary, hidden, position_ids, cache, mask, self.cache_kw)
+            hidden = decoder_stack(self.layers, self.rotary, hidden, position_ids, cache, mask, self.cache_kw, **extra)
         else:
             split = keep_input_of - self.start
-            layer_input = decoder_stack(self.layers[:split], self.rotary, hidden, position_ids, cache, mask, self.cache_kw)
-            hidden = decoder_stack(self.layers[split:], self.rotary, layer_input, position_ids, cache, mask, self.cache_kw)
-        present = [t for i in range(self.start, self.end) for t in (cache.keys[i], cache.values[i])]
-        return hidden, present, cache, layer_input
+            layer_input = decoder_stack(self.layers[:split], self.rotary, hidden, position_ids, cache, mask, self.cache_kw, **extra)
+            hidden = decoder_stack(self.layers[split:], self.rotary, layer_input, position_ids, cache, mask, self.cache_kw, **extra)
+        if attention_mask is None:
+            present = [t for i in layers for t in (cache.keys[i], cache.values[i])]
+            keys = cache.keys
+        else:
+            present = [t for i in layers for t in cache.buffers[i]]
+            keys = {i: cache.buffers[i][0][:, :, : attention_mask.shape[1]] for i in layers}
+        return hidden, present, keys, layer_input, pad_lengths
 
 
 class PrefixGraph(nn.Module):
@@ -74,10 +98,12 @@ class PrefixGraph(nn.Module):
         self.layer, self.k1 = layer, k1
         self.stage_two_fn = parts.stage_two_fn
 
-    def forward(self, inputs_embeds, position_ids, vision_start, pad_lengths, past):
+    def forward(self, inputs_embeds, position_ids, vision_start, pad_lengths, past, attention_mask=None):
         last = self.layer - 1
-        hidden, present, cache, layer_input = self.stack.run(inputs_embeds, position_ids, pad_lengths, past, keep_input_of=last)
-        row = self.stage_two_fn(self.stack.layers[last], self.stack.rotary, layer_input, position_ids, cache.keys[last], pad_lengths)
+        hidden, present, keys, layer_input, pad_lengths = self.stack.run(
+            inputs_embeds, position_ids, pad_lengths, past, keep_input_of=last, attention_mask=attention_mask,
+        )
+        row = self.stage_two_fn(self.stack.layers[last], self.stack.rotary, layer_input, position_ids, keys[last], pad_lengths)
         columns = vision_start[:, None] + torch.arange(self.k1, device=row.device)[None, :]
         columns = columns.clamp(max=row.shape[1] - 1)  # decode steps: scores are unused
         scores = row.gather(1, columns)
@@ -90,10 +116,24 @@ class SuffixGraph(nn.Module):
         self.stack = _Stack(parts, layer, parts.num_layers)
         self.norm, self.lm_head = parts.lm.norm, parts.lm_head
 
-    def forward(self, hidden_states, position_ids, pad_lengths, past):
-        hidden, present, _, _ = self.stack.run(hidden_states, position_ids, pad_lengths, past)
+    def forward(self, hidden_states, position_ids, pad_lengths, past, attention_mask=None):
+        hidden, present, *_ = self.stack.run(hidden_states, position_ids, pad_lengths, past, attention_mask=attention_mask)
         logits = self.lm_head(self.norm(hidden[:, -1:]))[:, 0].float()
         return logits, *present
+
+
+class FusedPrefixGraph(PrefixGraph):
+    """:class:`PrefixGraph` over in-place KV buffers (:mod:`nuwa_export.export.fused`)."""
+
+    def forward(self, inputs_embeds, position_ids, vision_start, attention_mask, past):
+        return super().forward(inputs_embeds, position_ids, vision_start, None, past, attention_mask)
+
+
+class FusedSuffixGraph(SuffixGraph):
+    """:class:`SuffixGraph` over in-place KV buffers (:mod:`nuwa_export.export.fused`)."""
+
+    def forward(self, hidden_states, position_ids, attention_mask, past):
+        return super().forward(hidden_states, position_ids, None, past, attention_mask)
 
 
 def _trace_positions(parts) -> torch.Tensor:
@@ -120,59 +160,78 @@ class LlmShapes:
         return cls(tc.hidden_size, tc.num_key_value_heads, head_dim, tc.vocab_size)
 
 
-def _export(module: nn.Module, args: tuple, input_names, output_names, dynamic_shapes, path, external: bool):
-    program = torch.onnx.export(
-        module.eval(), args, input_names=input_names, output_names=output_names,
-        dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=18, optimize=True, verbose=False,
-    )
+def _export(module: nn.Module, args: tuple, input_names, output_names, dynamic_shapes, path, external: bool, fused: bool = False):
+    from nuwa_export.export import fused as fz
+
+    table = fz.CUSTOM_TRANSLATIONS if fused else None
+    ctx = fz.attention_implementation(module.stack.layers[0].self_attn.config) if fused else contextlib.nullcontext()
+    with ctx:
+        program = torch.onnx.export(
+            module.eval(), args, input_names=input_names, output_names=output_names,
+            dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=18, optimize=True, verbose=False,
+            custom_translation_table=table,
+        )
     program.model.producer_name = "nuwa-export"
     for node in program.model.graph.all_nodes():
         node.metadata_props.pop(STACK_TRACE_KEY, None)
     program.save(str(path), external_data=external)
 
 
-def export_prefix(parts: Any, layer: int, k1: int, path, *, external: bool = False) -> None:
-    s = LlmShapes.of(parts)
-    batch, seq, past_len = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=1, max=8192), torch.export.Dim("past", min=0, max=8192)
+def _dims():
+    d = torch.export.Dim
+    return d("batch", min=1, max=64), d("seq", min=1, max=8192), d("past", min=0, max=8192)
+
+
+def _kv_args(parts, s: LlmShapes, count: int, fused: bool):
+    """Trace past KV (``TRACE_PAST`` entries; in-place buffers hold ``TRACE_CAPACITY``), the
+    mask or pad lengths input, and their dynamic shapes."""
+    batch, _, past_len = _dims()
+    if fused:
+        capacity = torch.export.Dim("capacity", min=1, max=16384)
+        kv = torch.zeros(TRACE_BATCH, s.kv_heads, TRACE_CAPACITY, s.head_dim, dtype=parts.dtype)
+        mask = torch.ones(TRACE_BATCH, TRACE_PAST + TRACE_SEQ, dtype=torch.int64)
+        mask[1, 0] = 0
+        total = torch.export.Dim("total", min=1, max=16384)
+        return mask, {0: batch, 1: total}, tuple(kv.clone() for _ in range(count)), {0: batch, 2: capacity}
     kv = torch.zeros(TRACE_BATCH, s.kv_heads, TRACE_PAST, s.head_dim, dtype=parts.dtype)
-    past = tuple(kv.clone() for _ in range(2 * layer))
-    args = (
-        torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype),
-        _trace_positions(parts),
-        torch.tensor([1, 2]),
-        torch.tensor([0, 1]),
-        past,
-    )
+    return torch.tensor([0, 1]), {0: batch}, tuple(kv.clone() for _ in range(count)), {0: batch, 2: past_len}
+
+
+def export_prefix(parts: Any, layer: int, k1: int, path, *, external: bool = False, fused: bool = False) -> None:
+    """``llm_prefix.onnx`` (or, ``fused``, ``llm_prefix.ort.onnx``: :mod:`nuwa_export.export.fused`)."""
+    s = LlmShapes.of(parts)
+    batch, seq, _ = _dims()
+    pads, pad_dims, past, past_dims = _kv_args(parts, s, 2 * layer, fused)
+    pad_name = "attention_mask" if fused else "pad_lengths"
+    args = (torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype), _trace_positions(parts), torch.tensor([1, 2]), pads, past)
     dyn = {
         "inputs_embeds": {0: batch, 1: seq},
         "position_ids": _position_dims(parts, batch, seq),
         "vision_start": {0: batch},
-        "pad_lengths": {0: batch},
-        "past": tuple({0: batch, 2: past_len} for _ in past),
+        pad_name: pad_dims,
+        "past": tuple(past_dims for _ in past),
     }
-    names_in = ["inputs_embeds", "position_ids", "vision_start", "pad_lengths", *kv_names("past", range(layer))]
+    names_in = ["inputs_embeds", "position_ids", "vision_start", pad_name, *kv_names("past", range(layer))]
     names_out = ["hidden_states", *kv_names("present", range(layer)), "stage_two_scores"]
-    _export(PrefixGraph(parts, layer, k1), args, names_in, names_out, dyn, path, external)
+    graph = (FusedPrefixGraph if fused else PrefixGraph)(parts, layer, k1)
+    _export(graph, args, names_in, names_out, dyn, path, external, fused)
 
 
-def export_suffix(parts: Any, layer: int, path, *, external: bool = False) -> None:
+def export_suffix(parts: Any, layer: int, path, *, external: bool = False, fused: bool = False) -> None:
+    """``llm_suffix.onnx`` (or, ``fused``, ``llm_suffix.ort.onnx``)."""
     s = LlmShapes.of(parts)
     n = parts.num_layers
-    batch, seq, past_len = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=1, max=8192), torch.export.Dim("past", min=0, max=8192)
-    kv = torch.zeros(TRACE_BATCH, s.kv_heads, TRACE_PAST, s.head_dim, dtype=parts.dtype)
-    past = tuple(kv.clone() for _ in range(2 * (n - layer)))
-    args = (
-        torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype),
-        _trace_positions(parts),
-        torch.tensor([0, 1]),
-        past,
-    )
+    batch, seq, _ = _dims()
+    pads, pad_dims, past, past_dims = _kv_args(parts, s, 2 * (n - layer), fused)
+    pad_name = "attention_mask" if fused else "pad_lengths"
+    args = (torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype), _trace_positions(parts), pads, past)
     dyn = {
         "hidden_states": {0: batch, 1: seq},
         "position_ids": _position_dims(parts, batch, seq),
-        "pad_lengths": {0: batch},
-        "past": tuple({0: batch, 2: past_len} for _ in past),
+        pad_name: pad_dims,
+        "past": tuple(past_dims for _ in past),
     }
-    names_in = ["hidden_states", "position_ids", "pad_lengths", *kv_names("past", range(layer, n))]
+    names_in = ["hidden_states", "position_ids", pad_name, *kv_names("past", range(layer, n))]
     names_out = ["logits", *kv_names("present", range(layer, n))]
-    _export(SuffixGraph(parts, layer), args, names_in, names_out, dyn, path, external)
+    graph = (FusedSuffixGraph if fused else SuffixGraph)(parts, layer)
+    _export(graph, args, names_in, names_out, dyn, path, external, fused)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from nuwa_export.constants import MANIFEST_SCHEMA_VERSION
@@ -92,6 +92,9 @@ class Manifest:
     engine_profiles: dict[str, list[dict[str, list]]]  # graph → profiles → input → [min, opt, max]
     files: dict[str, FileEntry]
     validation: dict[str, typing.Any]
+    #: The ONNX Runtime graphs (``llm_prefix``, ``llm_suffix``: fused attention, in-place KV;
+    #: :mod:`nuwa_export.export.fused`); empty when exported with ``--no-ort-graphs``.
+    ort_graphs: dict[str, GraphSpec] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The manifest as written; optional budget keys at their defaults are left out, so a LLaVA
@@ -100,6 +103,8 @@ class Manifest:
         for f in fields(BudgetInfo):
             if f.default is not MISSING and data["budgets"][f.name] == f.default:
                 del data["budgets"][f.name]
+        if not data["ort_graphs"]:
+            del data["ort_graphs"]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -127,7 +132,7 @@ def _build(cls, data, where: str):
         if not isinstance(data, dict):
             raise NuwaError(f"manifest: {where} should be an object")
         names = {f.name for f in fields(cls)}
-        optional = {f.name for f in fields(cls) if f.default is not MISSING}  # added later; older manifests lack them
+        optional = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}  # added later; older manifests lack them
         unknown, missing = sorted(set(data) - names), sorted(names - set(data) - optional)
         if unknown:
             raise NuwaError(f"manifest: unknown key {where}.{unknown[0]} (written by a different nuwa-export?)")

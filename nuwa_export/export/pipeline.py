@@ -19,11 +19,15 @@ from nuwa_export.progress import Steps
 
 VISION_FILE, VISION_PLUGIN_FILE = "vision.onnx", "vision.plugin.onnx"
 PREFIX_FILE, SUFFIX_FILE = "llm_prefix.onnx", "llm_suffix.onnx"
+#: The ONNX Runtime graphs: fused attention over in-place KV buffers (nuwa_export.export.fused).
+ORT_PREFIX_FILE, ORT_SUFFIX_FILE = "llm_prefix.ort.onnx", "llm_suffix.ort.onnx"
 TRTEXEC_FILE = "trtexec.sh"
 #: Graphs whose weights pass this many bytes are saved with external data (protobuf's 2 GiB cap).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 #: What export validation generates and compares, token for token.
 VALIDATION_PROMPT, VALIDATION_TOKENS = "What is in the picture?", 8
+#: The second request of the batched validation (a longer prompt, so the first row is left-padded).
+BATCH_PROMPT = "Where is the person standing, and what is to the left of them?"
 #: ``--dtype``: the LLM graphs' dtype (the vision graph is always float32).
 DTYPES = ("float32", "float16")
 #: ``--max-batch`` ceiling: the graphs are traced with a batch dimension of at most 64.
@@ -86,12 +90,15 @@ def export(
     dtype: str = "float32",
     force: bool = False,
     max_batch: int = DEFAULT_MAX_BATCH,
+    ort_graphs: bool = True,
     progress: bool = True,
 ) -> mf.Manifest:
     """Export ``model`` to ``out`` and validate it; nothing is left at ``out`` if anything fails.
 
     ``dtype`` is the LLM graphs' dtype (weights, activations, KV cache); the vision graph is
     float32 either way (module doc of :mod:`nuwa_export.verify` for how each is validated).
+    ``ort_graphs``: also write the ONNX Runtime LLM graphs (fused attention, in-place KV), which
+    the ort backend then runs; every LLM graph pair written is validated.
     """
     out = Path(out)
     if dtype not in DTYPES:
@@ -121,7 +128,7 @@ def export(
     del loaded
 
     with atomic_dir(out, force=force) as tmp:
-        manifest = _write_graphs(reference.loaded, budgets, spec, dtype, tmp, steps, max_batch)
+        manifest = _write_graphs(reference.loaded, budgets, spec, dtype, tmp, steps, max_batch, ort_graphs)
         with steps("run the PyTorch reference on the validation inputs"):
             expected = _record(reference)
         del reference  # the PyTorch model and the ONNX Runtime sessions never sit in memory together
@@ -134,7 +141,7 @@ def export(
     return manifest
 
 
-def _write_graphs(loaded, budgets, spec, dtype: str, tmp: Path, steps: Steps, max_batch: int) -> mf.Manifest:
+def _write_graphs(loaded, budgets, spec, dtype: str, tmp: Path, steps: Steps, max_batch: int, ort_graphs: bool) -> mf.Manifest:
     """Trace the three graphs, write them with the assets, check them, hash everything."""
     import onnx
 
@@ -152,13 +159,22 @@ def _write_graphs(loaded, budgets, spec, dtype: str, tmp: Path, steps: Steps, ma
         big = _layer_bytes(parts) > EXTERNAL_DATA_BYTES
         export_prefix(parts, budgets.layer, budgets.k1, tmp / PREFIX_FILE, external=big)
         export_suffix(parts, budgets.layer, tmp / SUFFIX_FILE, external=big)
+    files = [VISION_FILE, VISION_PLUGIN_FILE, PREFIX_FILE, SUFFIX_FILE]
+    if ort_graphs:
+        with steps("trace the ONNX Runtime LLM graphs (GroupQueryAttention, in-place KV)"), quiet_exporter():
+            export_prefix(parts, budgets.layer, budgets.k1, tmp / ORT_PREFIX_FILE, external=big, fused=True)
+            export_suffix(parts, budgets.layer, tmp / ORT_SUFFIX_FILE, external=big, fused=True)
+        files += [ORT_PREFIX_FILE, ORT_SUFFIX_FILE]
     with steps("write embeddings, tokenizer, preprocessing; check graphs"):
+        from nuwa_export.export import fused
+
         _write_assets(loaded, tmp)
         ops.register_schema()
-        for f in (VISION_FILE, VISION_PLUGIN_FILE, PREFIX_FILE, SUFFIX_FILE):
+        fused.register_schema()
+        for f in files:
             onnx.checker.check_model(str(tmp / f), full_check=True)
     with steps("hash weights and write manifest and trtexec.sh"):
-        return _manifest(loaded, budgets, spec, dtype, tmp, validation={}, max_batch=max_batch)
+        return _manifest(loaded, budgets, spec, dtype, tmp, validation={}, max_batch=max_batch, ort_graphs=ort_graphs)
 
 
 def _summary(steps: Steps, manifest: mf.Manifest, out: Path) -> None:
@@ -177,11 +193,13 @@ def _summary(steps: Steps, manifest: mf.Manifest, out: Path) -> None:
     if manifest.llm.dtype == "float32":
         llm = f"stage-two indices and {VALIDATION_TOKENS} greedy tokens identical"
     else:
-        tf = [c for c in checks.values() if c["stage"].startswith(("stage-two indices", "greedy tokens"))]
+        tf = [c for c in checks.values() if c["stage"].startswith(("stage-two indices", "greedy tokens")) and "batch" not in c["stage"]]
         llm = "teacher-forced: " + "; ".join(f"{c['stage']} {c['detail']}" for c in tf)
+    pairs = "the standard and the ONNX Runtime LLM graphs" if manifest.ort_graphs else "the standard LLM graphs"
     steps.console.print(
         f"budgets: keep {b.keep}, K1 {b.stage_one_keep}, K2 {b.stage_two_keep} from layer {b.stage_two_layer} "
-        f"({manifest.num_patches} patches), LLM in {manifest.llm.dtype}. Validated in ONNX Runtime: vision at batch "
+        f"({manifest.num_patches} patches), LLM in {manifest.llm.dtype}. Validated in ONNX Runtime ({pairs}, alone and "
+        f"in a batch of 2): vision at batch "
         f"{v['vision']['batch']} (max abs error {v['vision']['image_tokens']['max_abs']:.2g}), stage-one indices identical; "
         f"first logits max abs error {checks['first logits']['max_abs']:.2g}; {llm}."
     )
@@ -207,7 +225,7 @@ def _write_assets(loaded, tmp: Path) -> None:
             shutil.copyfile(loaded.path / name, tmp / name)
 
 
-def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, max_batch: int) -> mf.Manifest:
+def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, max_batch: int, ort_graphs: bool = True) -> mf.Manifest:
     import onnx
 
     from nuwa_export.export.llm import LlmShapes
@@ -256,6 +274,10 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
         engine_profiles=profiles,
         files={},
         validation=validation,
+        ort_graphs={
+            name: _graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
+            for name, f in (("llm_prefix", ORT_PREFIX_FILE), ("llm_suffix", ORT_SUFFIX_FILE)) if ort_graphs
+        },
     )
     (tmp / TRTEXEC_FILE).write_text(script(manifest))
     (tmp / TRTEXEC_FILE).chmod(0o755)
@@ -267,30 +289,44 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
 
 def _record(reference) -> dict:
     """Everything validation compares against, computed by the reference (NumPy only)."""
+    import numpy as np
+    from PIL import Image
+
     from nuwa_export.export.validate import record_vision
     from nuwa_export.models.demo import example_picture
     from nuwa_export.verify import record
 
-    return {"vision": record_vision(reference), "pipeline": record(reference, example_picture(), VALIDATION_PROMPT, VALIDATION_TOKENS)}
+    second = Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 300, 3), dtype=np.uint8))  # seeded noise
+    return {
+        "vision": record_vision(reference),
+        "pipeline": record(reference, example_picture(), VALIDATION_PROMPT, VALIDATION_TOKENS),
+        "second": record(reference, second, BATCH_PROMPT, VALIDATION_TOKENS),
+    }
 
 
 def _validate(tmp: Path, expected: dict) -> dict:
-    """ORT vision at an untraced batch, then the whole pipeline stage by stage, vs the record."""
+    """ORT vision at an untraced batch, then the whole pipeline stage by stage vs the record, alone
+    and in a batch of two, on every LLM graph pair written (standard, and the ONNX Runtime graphs)."""
     from nuwa_export.export import validate
     from nuwa_export.runtime.pipeline import Pipeline
-    from nuwa_export.verify import check
+    from nuwa_export.verify import check, check_batch
 
     result = {"vision": validate.check_vision(tmp / VISION_FILE, expected["vision"])}
-    pipeline = Pipeline(tmp, "ort", device="cpu")
-    try:
-        checks = check(pipeline, expected["pipeline"])
-        policy = pipeline.manifest.llm.dtype
-    finally:
-        pipeline.close()
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        raise NuwaError(f"validation failed: {failed[0].stage} ({failed[0].detail}) for the ONNX Runtime pipeline")
-    result["pipeline"] = {"backend": "ort", "policy": policy, "prompt": VALIDATION_PROMPT, "checks": [c.as_dict() for c in checks]}
+    manifest = mf.read(tmp, verify=False)
+    pairs = [("pipeline", "standard")] + ([("pipeline_ort", "ort")] if manifest.ort_graphs else [])
+    for key, graphs in pairs:
+        pipeline = Pipeline(tmp, "ort", device="cpu", llm_graphs=graphs)
+        try:
+            checks = check(pipeline, expected["pipeline"]) + check_batch(pipeline, [expected["pipeline"], expected["second"]])
+            policy = pipeline.manifest.llm.dtype
+        finally:
+            pipeline.close()
+        failed = [c for c in checks if not c.ok]
+        files = ", ".join(g.file for g in (manifest.ort_graphs if graphs == "ort" else manifest.graphs).values() if g.file.startswith("llm_"))
+        if failed:
+            raise NuwaError(f"validation failed: {failed[0].stage} ({failed[0].detail}) for the ONNX Runtime pipeline on {files}")
+        result[key] = {"backend": "ort", "graphs": files, "policy": policy, "prompt": VALIDATION_PROMPT, "batch_prompt": BATCH_PROMPT,
+                       "checks": [c.as_dict() for c in checks]}
     return result
 
 
@@ -300,6 +336,6 @@ def export_cli(args: argparse.Namespace) -> int:
         layer=args.stage_two_layer, prune=not args.no_prune, per_region=args.per_region,
         distance=args.distance, percentile=args.percentile, keep_ratio=args.keep_ratio, image_size=args.image_size,
         dtype=args.dtype, force=args.force,
-        max_batch=args.max_batch,
+        max_batch=args.max_batch, ort_graphs=not args.no_ort_graphs,
     )
     return 0

@@ -72,13 +72,14 @@ def prompt_embeds(stages, batch: Batch, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_prefix(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor):
+def run_prefix(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor, extra: int = 0):
     """Layers ``[0, L)`` on the prompts → (hidden at the split, positions, prefix KV, scores,
-    vision_start, pad)."""
+    vision_start, pad). ``extra``: decode entries the KV group will take after the prompt (its
+    capacity, where the stages update KV in place)."""
     b = stages.budgets
     pos = batch.positions(indices)
     vision_start, pad = stages.to_device([batch.vision_starts, batch.pads])
-    past = stages.empty_past(0, b.layer, batch.size)
+    past = stages.empty_past(0, b.layer, batch.size, batch.text + tokens.shape[1] + extra)
     split, past, scores = stages.prefix(prompt_embeds(stages, batch, tokens), pos, vision_start, pad, past)
     return split, pos, past, scores, vision_start, pad
 
@@ -90,16 +91,17 @@ def select(stages, batch: Batch, scores: torch.Tensor, k1: int) -> tuple[torch.T
 
 
 @torch.inference_mode()
-def run_suffix(stages, hidden: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor, size: int):
+def run_suffix(stages, hidden: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor, size: int, extra: int = 0):
     """Layers ``[L, N)`` on the rows that go on → (logits, suffix KV)."""
     b = stages.budgets
-    return stages.suffix(hidden, positions, pad, stages.empty_past(b.layer, b.num_layers, size))
+    return stages.suffix(hidden, positions, pad, stages.empty_past(b.layer, b.num_layers, size, hidden.shape[1] + extra))
 
 
-def prefill(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor, clock: Clock) -> Prefill:
-    """The prompts through both graphs with stage two between them."""
+def prefill(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor, clock: Clock, extra: int = 0) -> Prefill:
+    """The prompts through both graphs with stage two between them (``extra``: decode steps to
+    come, see :func:`run_prefix`)."""
     with torch.inference_mode():
-        split, pos, past1, scores, vision_start, pad = run_prefix(stages, batch, tokens, indices)
+        split, pos, past1, scores, vision_start, pad = run_prefix(stages, batch, tokens, indices, extra)
         clock.lap("prefix")
         kept = None
         hidden, pos2 = split, pos
@@ -108,7 +110,7 @@ def prefill(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor, c
             hidden = split.gather(1, rows[..., None].expand(-1, -1, split.shape[2]))
             pos2 = take_positions(pos, rows)
         clock.lap("stage_two")
-        logits, past2 = run_suffix(stages, hidden, pos2, pad, batch.size)
+        logits, past2 = run_suffix(stages, hidden, pos2, pad, batch.size, extra)
         clock.lap("suffix")
     return Prefill(batch, logits, KVGroups(past1, past2), split, pos, scores, kept, vision_start, pad)
 
@@ -177,7 +179,7 @@ def generate_batch(stages, requests: Sequence[Request], trace: dict | None = Non
     clock = stages.clock()
     before = stages.transfers.snapshot()
     tokens, indices = vision(stages, requests, clock)
-    pre = prefill(stages, batch, tokens, indices, clock)
+    pre = prefill(stages, batch, tokens, indices, clock, max(r.sampling.max_new_tokens for r in requests) - 1)
     first = stages.to_host(pre.logits)
     clock.first_token()
     s1 = stages.to_host(indices).tolist()

@@ -53,8 +53,9 @@ class Stages(Protocol):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` int64 token ids on ``device`` → ``[B, T, D]`` in the LLM's dtype."""
 
-    def empty_past(self, start: int, end: int, batch: int) -> Any:
-        """An empty KV group of ``batch`` rows for decoder layers ``[start, end)``."""
+    def empty_past(self, start: int, end: int, batch: int, capacity: int = 0) -> Any:
+        """An empty KV group of ``batch`` rows for decoder layers ``[start, end)``; ``capacity``:
+        entries per row it will hold at most (stages that update KV in place reserve them)."""
 
     def past_bytes(self, past: Any) -> int:
         """Bytes a KV group holds."""

@@ -68,8 +68,9 @@ def causal_mask(q: int | torch.Tensor, past: int | torch.Tensor, dtype: torch.dt
     return torch.where(seen, torch.zeros((), dtype=dtype, device=device), blocked)
 
 
-def decoder_stack(layers, rotary: nn.Module, hidden, position_ids, cache: KVCache, mask, cache_kw: str):
-    """Run HF decoder ``layers`` in order, each attending over its own entry of ``cache``."""
+def decoder_stack(layers, rotary: nn.Module, hidden, position_ids, cache: KVCache, mask, cache_kw: str, **extra):
+    """Run HF decoder ``layers`` in order, each attending over its own entry of ``cache``
+    (``extra`` keywords reach the attention function)."""
     position_embeddings = rotary(hidden, position_ids=position_ids)
     for layer in layers:
         hidden = layer(
@@ -79,6 +80,7 @@ def decoder_stack(layers, rotary: nn.Module, hidden, position_ids, cache: KVCach
             position_embeddings=position_embeddings,
             use_cache=True,
             **{cache_kw: cache},
+            **extra,
         )
     return hidden
 

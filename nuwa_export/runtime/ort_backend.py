@@ -55,16 +55,33 @@ def providers_for(device: str) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+#: Which LLM graphs the ort backend runs (``OrtBackend(llm_graphs=...)``, ``Pipeline(..., llm_graphs=...)``).
+LLM_GRAPHS = ("auto", "ort", "standard")
+
+
 class OrtBackend(Backend):
     name = "ort"
 
-    def __init__(self, directory: Path, manifest: Manifest, device: str = "auto", *, spinning: bool = False) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, device: str = "auto", *, spinning: bool = False, llm_graphs: str = "auto") -> None:
         """``spinning=False`` (default): the three sessions run one after another, and ORT's
         spin-waiting threads of one would take CPU from the next (benchmarks/pruning_pays.py
-        measured 19 % of the pruned prefill on 2 cores)."""
+        measured 19 % of the pruned prefill on 2 cores).
+
+        ``llm_graphs``: ``ort`` runs the export's ONNX Runtime LLM graphs (fused attention, KV
+        updated in place: :mod:`nuwa_export.export.fused`), ``standard`` the graphs TensorRT
+        builds, ``auto`` (default) the ONNX Runtime ones when the export has them."""
         super().__init__(manifest)
+        if llm_graphs not in LLM_GRAPHS:
+            raise NuwaError(f"unknown LLM graphs '{llm_graphs}' (choose from {', '.join(LLM_GRAPHS)})")
+        if llm_graphs == "ort" and not manifest.ort_graphs:
+            raise NuwaError(f"{directory} has no ONNX Runtime LLM graphs (exported with --no-ort-graphs or by an older nuwa-export); re-export, or run the standard graphs")
         self.providers = providers_for(device)  # first: names the package when it is missing
         import onnxruntime as ort
+
+        cuda = self.providers[0].startswith("CUDA")
+        # ONNX Runtime's CUDA GroupQueryAttention kernels are float16/bfloat16: with a float32
+        # export, ``auto`` keeps the standard graphs on CUDA (not run here: no onnxruntime-gpu)
+        self.in_place = llm_graphs == "ort" or (llm_graphs == "auto" and bool(manifest.ort_graphs) and not (cuda and manifest.llm.dtype == "float32"))
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # fatal only: errors come back as exceptions, reported in one line
@@ -89,23 +106,26 @@ class OrtBackend(Backend):
                 llm_opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 llm_opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
+        llm = manifest.ort_graphs if self.in_place else manifest.graphs
+        files = {"vision": manifest.graphs["vision"].file, "llm_prefix": llm["llm_prefix"].file, "llm_suffix": llm["llm_suffix"].file}
+
         def session(graph: str, options):
-            file = manifest.graphs[graph].file
+            file = files[graph]
             try:
                 return ort.InferenceSession(str(directory / file), options, providers=self.providers)
             except Exception as e:  # InvalidGraph, InvalidProtobuf, Fail, ...: a broken graph, not a bug here
                 raise NuwaError(f"ONNX Runtime cannot load {directory / file}: {_one_line(e)}; re-run nuwa-export") from None
 
-        self._files = {g: manifest.graphs[g].file for g in ("vision", "llm_prefix", "llm_suffix")}
+        self._files = files
         self._errors = _ort_errors()
 
         self.sessions = {"vision": session("vision", opts), "llm_prefix": session("llm_prefix", llm_opts), "llm_suffix": session("llm_suffix", llm_opts)}
-        cuda = self.providers[0].startswith("CUDA")
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self._bind_device = ("cuda", self.device.index) if cuda else ("cpu", 0)
 
-    def run(self, graph: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def run(self, graph: str, inputs: dict[str, torch.Tensor], out: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
         session = self.sessions[graph]
+        out = out or {}
         io = session.io_binding()
         kind, index = self._bind_device
         held = []  # contiguous copies (if any) must outlive the run
@@ -113,16 +133,22 @@ class OrtBackend(Backend):
             t = t.contiguous()
             held.append(t)
             io.bind_input(name, kind, index, _ELEMENT[t.dtype], tuple(t.shape), t.data_ptr())
-        plan = output_specs(self.manifest, graph, {k: tuple(v.shape) for k, v in inputs.items()})
-        for spec in plan:  # allocated by ONNX Runtime on the device (its arena: no fresh pages every step)
-            io.bind_output(spec.name, kind, index)
+        plan = output_specs(self.manifest, graph, {k: tuple(v.shape) for k, v in inputs.items()}, self.in_place and graph != "vision")
+        for spec in plan:
+            if spec.name in out:  # written where the caller says (in-place KV: the past buffer itself)
+                t = out[spec.name]
+                if tuple(t.shape) != spec.shape or t.dtype != spec.dtype or not t.is_contiguous():
+                    raise NuwaError(f"{self._files[graph]}: {spec.name} cannot be written into a {list(t.shape)} {t.dtype} tensor")
+                io.bind_output(spec.name, kind, index, _ELEMENT[t.dtype], spec.shape, t.data_ptr())
+            else:  # allocated by ONNX Runtime on the device (its arena: no fresh pages every step)
+                io.bind_output(spec.name, kind, index)
         if kind == "cuda":  # torch wrote the inputs on its stream; ORT runs on its own
             torch.cuda.synchronize(self.device)
         try:
             session.run_with_iobinding(io)
         except (*self._errors, RuntimeError) as e:  # run_with_iobinding reports a failed run as RuntimeError
             raise NuwaError(f"ONNX Runtime failed running {self._files[graph]}: {_one_line(e)}") from None
-        outputs = [self._torch_view(v) for v in io.get_outputs()]
+        outputs = [out[spec.name] if spec.name in out else self._torch_view(v) for spec, v in zip(plan, io.get_outputs())]
         for spec, t in zip(plan, outputs):
             if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
                 raise NuwaError(f"{self._files[graph]} made {spec.name} {list(t.shape)} {t.dtype}, not the export's contract {list(spec.shape)}; re-run nuwa-export")

@@ -38,7 +38,7 @@ def image_config_of(m: mf.Manifest) -> ImageConfig:
 class Pipeline:
     """An export directory and one backend; :meth:`generate` answers one question."""
 
-    def __init__(self, directory: str | Path, backend: str | Backend = "ort", device: str = "auto") -> None:
+    def __init__(self, directory: str | Path, backend: str | Backend = "ort", device: str = "auto", llm_graphs: str = "auto") -> None:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
@@ -57,7 +57,7 @@ class Pipeline:
         except (SafetensorError, OSError, KeyError) as e:  # passed its sha256 and header check, yet broken
             why = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise NuwaError(f"cannot load {self.directory / EMBEDDINGS_FILE} ({why}); re-run nuwa-export") from None
-        self.backend = backend if isinstance(backend, Backend) else make_backend(backend, self.directory, self.manifest, device)
+        self.backend = backend if isinstance(backend, Backend) else make_backend(backend, self.directory, self.manifest, device, llm_graphs)
         self.embeddings = self.embeddings.to(self.backend.device)  # token ids are looked up where the engine runs
 
     @property
@@ -113,8 +113,8 @@ class Pipeline:
 
 class EngineStages:
     """:class:`~nuwa_export.generation.Stages` over an export's graphs: torch tensors on the
-    backend's device in and out; KV groups are lists of device tensors the backend writes and
-    reads in place."""
+    backend's device in and out; KV groups are the backend's (:mod:`nuwa_export.runtime.kv`):
+    device tensors it writes and binds back, or buffers it updates in place."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
@@ -132,7 +132,6 @@ class EngineStages:
         self.family = pipeline.family
         self.positions = self.family.positions(pipeline.grid)
         self.transfers = Transfers()
-        self._kv_shape = (llm.num_kv_heads, 0, llm.head_dim)
 
     def clock(self) -> Clock:
         return Clock(torch.cuda.synchronize if self.device.type == "cuda" else None)
@@ -159,15 +158,14 @@ class EngineStages:
         table = self.pipeline.embeddings
         return table.index_select(0, ids.reshape(-1)).reshape(*ids.shape, table.shape[1])
 
-    def empty_past(self, start: int, end: int, batch: int) -> list[torch.Tensor]:
-        dtype = self.pipeline.embeddings.dtype
-        return [torch.empty((batch, *self._kv_shape), dtype=dtype, device=self.device) for _ in range(start, end) for _ in range(2)]
+    def empty_past(self, start: int, end: int, batch: int, capacity: int = 0):
+        return self.backend.empty_past(start, end, batch, capacity, self.pipeline.embeddings.dtype)
 
-    def past_bytes(self, past: list[torch.Tensor]) -> int:
-        return int(sum(t.numel() * t.element_size() for t in past))
+    def past_bytes(self, past) -> int:
+        return self.backend.past_bytes(past)
 
-    def take_rows(self, past: list[torch.Tensor], rows: torch.Tensor) -> list[torch.Tensor]:
-        return [t.index_select(0, rows) for t in past]
+    def take_rows(self, past, rows: torch.Tensor):
+        return self.backend.take_rows(past, rows)
 
     def prefix(self, embeds, positions, vision_start, pad, past):
         return self.backend.prefix(embeds, positions, vision_start, pad, past)

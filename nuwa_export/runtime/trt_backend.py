@@ -130,7 +130,7 @@ class TrtBackend(Backend):
         ctx.set_optimization_profile_async(profile, self.stream.cuda_stream)
         return ctx
 
-    def run(self, graph: str, inputs: dict) -> list:
+    def run(self, graph: str, inputs: dict, out: dict | None = None) -> list:  # standard graphs: no in-place outputs
         torch = self.torch
         engine = self.engines["vision" if graph.startswith("vision") else graph]
         shapes = {k: tuple(v.shape) for k, v in inputs.items()}

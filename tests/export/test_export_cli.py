@@ -26,13 +26,13 @@ def _leftovers(parent: Path, name: str):
 
 def test_cli_exports_and_refuses_non_empty_out(demo_dir, tmp_path, capsys):
     out = tmp_path / "exp"
-    assert export_main(["--model", str(demo_dir), "--out", str(out), "--keep", "16"]) == 0
+    assert export_main(["--model", str(demo_dir), "--out", str(out), "--keep", "16", "--no-ort-graphs"]) == 0
     err = capsys.readouterr().err
     assert "validate against the PyTorch reference" in err and "K1 28" in err
     assert export_main(["--model", str(demo_dir), "--out", str(out)]) == 1
     assert capsys.readouterr().err.strip() == f"nuwa-export: error: {out} exists and is not empty; pass --force to replace it"
     before = (out / "manifest.json").read_text()
-    assert export_main(["--model", str(demo_dir), "--out", str(out), "--keep", "8", "--force"]) == 0
+    assert export_main(["--model", str(demo_dir), "--out", str(out), "--keep", "8", "--force", "--no-ort-graphs"]) == 0
     assert (out / "manifest.json").read_text() != before
     assert not _leftovers(tmp_path, "exp")
 
@@ -64,7 +64,7 @@ def test_failed_validation_leaves_nothing(demo_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(validate, "check_vision", broken)
     with pytest.raises(NuwaError, match="validation failed"):
-        pipeline.export(str(demo_dir), tmp_path / "exp", progress=False)
+        pipeline.export(str(demo_dir), tmp_path / "exp", progress=False, ort_graphs=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -79,7 +79,7 @@ def test_failure_keeps_the_previous_export(demo_dir, demo_export, tmp_path, monk
     before = snapshot()
     monkeypatch.setattr(validate, "check_vision", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        pipeline.export(str(demo_dir), out, force=True, progress=False)
+        pipeline.export(str(demo_dir), out, force=True, progress=False, ort_graphs=False)
     assert snapshot() == before
     assert not _leftovers(tmp_path, "exp")
 
@@ -151,7 +151,7 @@ def test_help_and_import_without_onnxruntime_or_tensorrt():
 
 
 def test_missing_onnxruntime_is_one_line(demo_dir, tmp_path):
-    code = BLOCK + f"from nuwa_export.cli import export_main; sys.exit(export_main(['--model', {str(demo_dir)!r}, '--out', {str(tmp_path / 'x')!r}]))"
+    code = BLOCK + f"from nuwa_export.cli import export_main; sys.exit(export_main(['--model', {str(demo_dir)!r}, '--out', {str(tmp_path / 'x')!r}, '--no-ort-graphs']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "nuwa-export: error: onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"

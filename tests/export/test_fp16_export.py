@@ -89,12 +89,14 @@ def test_runs_with_fp16_kv_cache(fp16_export, capsys):
     assert out["kv_cache_bytes"] == entries * 2 * llm.num_kv_heads * llm.head_dim * 2  # key + value, 2 bytes each
 
 
-def test_ort_cpu_keeps_float16_weights_unfolded(fp16_export, monkeypatch):
+@pytest.mark.parametrize("llm_graphs", ["ort", "standard"])
+def test_ort_cpu_keeps_float16_weights_unfolded(fp16_export, monkeypatch, llm_graphs):
     import onnxruntime as ort
 
-    graphs = mf.read(fp16_export).graphs
+    m = mf.read(fp16_export)
+    graphs = {**m.graphs, **(m.ort_graphs if llm_graphs == "ort" else {})}
     sessions = record_ort_sessions(monkeypatch)
-    pipeline = Pipeline(fp16_export, "ort", "cpu")
+    pipeline = Pipeline(fp16_export, "ort", "cpu", llm_graphs=llm_graphs)
     try:
         for graph in ("llm_prefix", "llm_suffix"):
             opts = sessions[graphs[graph].file].get_session_options()
@@ -119,15 +121,15 @@ class _Skewed(Backend):
 
     def __init__(self, inner: Backend, *, positions: int = 0, noise: float = 0.0, suffix_noise: float = 0.0) -> None:
         super().__init__(inner.manifest)
-        self.inner, self.device = inner, inner.device
+        self.inner, self.device, self.in_place = inner, inner.device, inner.in_place
         self.positions, self.noise, self.suffix_noise = positions, noise, suffix_noise
 
-    def run(self, graph, inputs):
+    def run(self, graph, inputs, out=None):
         if graph == "llm_prefix" and self.positions and inputs["position_ids"].shape[1] > 1:
             pos = inputs["position_ids"].clone()  # the text after the image one position late
             pos[:, int(inputs["vision_start"][0]) + 1 :] += self.positions
             inputs = {**inputs, "position_ids": pos}
-        out = self.inner.run(graph, inputs)
+        out = self.inner.run(graph, inputs, out)
         if graph == "llm_prefix" and self.noise:
             hidden = out[0]
             rms = float(hidden.double().square().mean().sqrt())

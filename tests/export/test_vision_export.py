@@ -133,7 +133,7 @@ def test_op_body_equals_torch_op(ties, tmp_path):
 
 
 def test_export_with_other_budgets_and_options(demo_dir, loaded_demo, tmp_path):
-    m = export(str(demo_dir), tmp_path / "k64", keep=64, per_region=2, distance=50, percentile=0.3, progress=False)
+    m = export(str(demo_dir), tmp_path / "k64", keep=64, per_region=2, distance=50, percentile=0.3, progress=False, ort_graphs=False)
     assert (m.budgets.stage_one_keep, m.budgets.per_region, m.budgets.distance) == (112, 2, 50.0)
     p = loaded_demo.parts
     ref = Reference(loaded_demo, resolve_budgets(p.num_patches, p.num_layers, keep=64), StageOneOptions(2, 50.0, 0.3))
@@ -145,7 +145,7 @@ def test_export_with_other_budgets_and_options(demo_dir, loaded_demo, tmp_path):
 
 
 def test_export_without_pruning(demo_dir, tmp_path):
-    m = export(str(demo_dir), tmp_path / "full", prune=False, progress=False)
+    m = export(str(demo_dir), tmp_path / "full", prune=False, progress=False, ort_graphs=False)
     model = onnx.load(tmp_path / "full" / "vision.onnx")
     assert not _swarm_nodes(model) and not model.functions
     assert m.graphs["vision"].outputs[0].shape == ["batch", 256, 128]

@@ -200,8 +200,8 @@ def test_console_scripts_refuse_a_wrong_export_in_one_line(broken, verb, kind):
 @pytest.mark.parametrize(
     "edit,verbs,match",
     [
-        (_graph("llm_suffix.onnx", _one_input_matmul), ("nuwa-profile",), "ONNX Runtime cannot load"),
-        (_graph("llm_suffix.onnx", _bad_reshape), ("nuwa-run",), "ONNX Runtime failed running llm_suffix.onnx"),
+        (_graph("llm_suffix.ort.onnx", _one_input_matmul), ("nuwa-profile",), "ONNX Runtime cannot load"),  # what the ort backend runs
+        (_graph("llm_suffix.ort.onnx", _bad_reshape), ("nuwa-run",), "ONNX Runtime failed running llm_suffix.ort.onnx"),
     ],
     ids=["session-creation", "run"],
 )
@@ -213,7 +213,7 @@ def test_onnx_runtime_failures_are_one_line_naming_the_file(demo_export, tmp_pat
     for verb in verbs:
         proc = subprocess.run([str(BIN / verb), str(d), *VERBS[verb][1]], capture_output=True, text=True, timeout=300)
         assert_one_line(verb, proc.returncode, proc.stderr, match)
-        assert "llm_suffix.onnx" in proc.stderr
+        assert "llm_suffix.ort.onnx" in proc.stderr
 
 
 # --- output paths of nuwa-run, nuwa-profile, nuwa-build ---------------------------------------

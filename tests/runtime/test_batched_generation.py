@@ -74,10 +74,10 @@ class Recording(Backend):
 
     def __init__(self, inner):
         super().__init__(inner.manifest)
-        self.inner, self.name, self.device, self.calls = inner, inner.name, inner.device, []
+        self.inner, self.name, self.device, self.calls, self.in_place = inner, inner.name, inner.device, [], inner.in_place
 
-    def run(self, graph, inputs):
-        out = self.inner.run(graph, inputs)
+    def run(self, graph, inputs, out=None):
+        out = self.inner.run(graph, inputs, out)
         if graph != "vision":
             past = [v for k, v in inputs.items() if k.startswith("past_")]
             present = out[1:-1] if graph == "llm_prefix" else out[1:]
@@ -85,6 +85,7 @@ class Recording(Backend):
                 "graph": graph, "batch": inputs["position_ids"].shape[0], "seq": inputs["position_ids"].shape[1],
                 "past": [t.data_ptr() for t in past], "present": [t.data_ptr() for t in present],
                 "past_len": past[0].shape[2], "device": {t.device.type for t in [*past, *present]},
+                "filled": inputs["attention_mask"].shape[1] if "attention_mask" in inputs else None,
             })
         return out
 
@@ -103,10 +104,13 @@ def test_finished_rows_stop_costing_compute(demo_export):
     assert decode == [3, 2, 1, 1]  # steps 0..3: all, then without the 2-token row, then only the 5-token row
 
 
-def test_ort_session_keeps_kv_where_the_engine_writes_it(demo_export, monkeypatch):
-    """Each present KV tensor is bound back as the next step's past at the same address (no copy,
-    no NumPy), ONNX Runtime runs only through IOBinding, and per decode step only token ids,
-    positions and last-position logits cross."""
+@pytest.mark.parametrize("llm_graphs", ["standard", "ort"])
+def test_ort_session_keeps_kv_where_the_engine_writes_it(demo_export, monkeypatch, llm_graphs):
+    """Standard graphs: each present KV tensor is bound back as the next step's past at the same
+    address (no copy, no NumPy). ONNX Runtime graphs: one buffer per layer, allocated once for the
+    prompt and every token to generate, is past and present of every call (written in place).
+    ONNX Runtime runs only through IOBinding, and per decode step only token ids, positions and
+    last-position logits cross."""
     import onnxruntime as ort
 
     from nuwa_export.models.demo import example_picture
@@ -115,7 +119,7 @@ def test_ort_session_keeps_kv_where_the_engine_writes_it(demo_export, monkeypatc
         raise AssertionError("InferenceSession.run copies every input and output through NumPy")
 
     monkeypatch.setattr(ort.InferenceSession, "run", refuse)
-    rec = Recording(Pipeline(demo_export, "ort", "cpu").backend)
+    rec = Recording(Pipeline(demo_export, "ort", "cpu", llm_graphs=llm_graphs).backend)
     pipeline = Pipeline(demo_export, rec)
     n = 6
     requests = [Request(example_picture(), p, SamplingConfig(max_new_tokens=n, stop_at_eos=False)) for p in ("Hi", "What is in the picture?")]
@@ -125,7 +129,12 @@ def test_ort_session_keeps_kv_where_the_engine_writes_it(demo_export, monkeypatc
         assert len(calls) == n  # prefill and n - 1 decode steps
         for before, after in zip(calls, calls[1:]):
             assert after["past"] == before["present"], graph  # the very tensors the engine wrote
-            assert after["past_len"] == before["past_len"] + before["seq"]
+            if llm_graphs == "ort":
+                assert after["past"] == after["present"] == calls[0]["past"], graph  # one buffer, written in place
+                assert after["past_len"] == calls[0]["past_len"] == calls[0]["seq"] + n - 1  # prompt + fed tokens: no regrowth
+                assert after["filled"] == before["filled"] + after["seq"]
+            else:
+                assert after["past_len"] == before["past_len"] + before["seq"]
         assert all(c["device"] == {"cpu"} for c in calls)
     vocab = pipeline.manifest.llm.vocab_size
     step = results[0].transfers["decode_per_step"]

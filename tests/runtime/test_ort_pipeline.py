@@ -71,18 +71,20 @@ def test_random_checkpoints_match_reference(checkpoint_factory, tmp_path, seed, 
 
 
 class Recording(Backend):
-    """Wraps a backend and records the past lengths each graph sees."""
+    """Wraps a backend and records the past lengths each graph sees (the filled entries of
+    in-place KV buffers)."""
 
     def __init__(self, inner):
         super().__init__(inner.manifest)
-        self.inner, self.name, self.device, self.calls = inner, inner.name, inner.device, []
+        self.inner, self.name, self.device, self.calls, self.in_place = inner, inner.name, inner.device, [], inner.in_place
 
-    def run(self, graph, inputs):
+    def run(self, graph, inputs, out=None):
         if graph != "vision":
             first = inputs["inputs_embeds" if graph == "llm_prefix" else "hidden_states"]
             past = next(v for k, v in inputs.items() if k.startswith("past_"))
-            self.calls.append((graph.removeprefix("llm_"), first.shape[1], past.shape[2], inputs["position_ids"][0].tolist()))
-        return self.inner.run(graph, inputs)
+            filled = inputs["attention_mask"].shape[1] - first.shape[1] if "attention_mask" in inputs else past.shape[2]
+            self.calls.append((graph.removeprefix("llm_"), first.shape[1], filled, inputs["position_ids"][0].tolist()))
+        return self.inner.run(graph, inputs, out)
 
 
 def test_two_kv_groups_and_spatial_positions(demo_export):
@@ -122,7 +124,7 @@ def test_ort_sessions_do_not_spin_by_default(demo_export, monkeypatch):
     from nuwa_export.runtime.ort_backend import OrtBackend
 
     manifest = mf.read(demo_export)
-    files = [manifest.graphs[g].file for g in ("vision", "llm_prefix", "llm_suffix")]
+    files = [manifest.graphs["vision"].file, *(manifest.ort_graphs[g].file for g in ("llm_prefix", "llm_suffix"))]  # what the ort backend runs
     sessions = record_ort_sessions(monkeypatch)
     OrtBackend(demo_export, manifest, "cpu")
     quiet = dict(sessions)

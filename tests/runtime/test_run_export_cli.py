@@ -131,22 +131,27 @@ def test_verify_passes_and_reports_json(capsys, demo_export):
     assert stages == ["vision tokens", "stage-one indices", "hidden at split", "stage-two scores", "stage-two indices", "first logits", "generated ids (20)"]
 
 
-def test_verify_fails_on_a_wrong_graph(capsys, demo_export, tmp_path):
-    """A suffix graph whose lm_head was changed (and its sha256 re-recorded) fails verification."""
+@pytest.mark.parametrize("file,failing", [("llm_suffix.onnx", "ort-cpu-standard"), ("llm_suffix.ort.onnx", "ort-cpu")])
+def test_verify_fails_on_a_wrong_graph(capsys, demo_export, tmp_path, file, failing):
+    """A suffix graph whose lm_head was changed (and its sha256 re-recorded) fails verification:
+    nuwa-verify checks the standard graphs (TensorRT's) and the ONNX Runtime graphs alike."""
     d = tmp_path / "wrong"
     shutil.copytree(demo_export, d)
-    model = onnx.load(d / "llm_suffix.onnx")
+    model = onnx.load(d / file)
     biggest = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
     arr = numpy_helper.to_array(biggest).copy()
     arr *= 1.01
     biggest.CopyFrom(numpy_helper.from_array(arr, biggest.name))
-    onnx.save(model, d / "llm_suffix.onnx")
+    onnx.save(model, d / file)
     m = json.loads((d / "manifest.json").read_text())
-    m["files"]["llm_suffix.onnx"] = {"sha256": mf.sha256_file(d / "llm_suffix.onnx"), "size": (d / "llm_suffix.onnx").stat().st_size}
+    m["files"][file] = {"sha256": mf.sha256_file(d / file), "size": (d / file).stat().st_size}
     (d / "manifest.json").write_text(json.dumps(m))
-    assert verify_main([str(d)]) == 1
+    assert verify_main([str(d), "--json", "--max-new-tokens", "4"]) == 1
     out, err = capsys.readouterr()
-    assert "NO" in out and "nuwa-verify: error: some stages differ from the reference" in err
+    report = json.loads(out)
+    assert set(report["backends"]) == {"ort-cpu", "ort-cpu-standard"}
+    assert {name for name, checks in report["backends"].items() if not all(c["ok"] for c in checks)} == {failing}
+    assert "nuwa-verify: error: some stages differ from the reference" in err
 
 
 def test_trtexec_script(demo_export, tmp_path):
