@@ -112,7 +112,7 @@ Regenerate every number on a clean clone (after `scripts/setup.sh`; the time the
 
 ```bash
 .venv/bin/python benchmarks/run_all.py                          # runs every benchmark, then renders this file
-.venv/bin/python benchmarks/run_all.py --reuse scale            # keep results/scale.json (the longest: a 7B-shaped export, ~30 GB of disk)
+.venv/bin/python benchmarks/run_all.py --reuse scale            # keep results/scale.json (the longest: a 7B-shaped export, ~45 GB of disk)
 .venv/bin/python benchmarks/run_all.py --render-only            # only re-render this file from results/*.json
 ```
 {last}
@@ -135,27 +135,29 @@ def write_readme(readme: Path = README, results_dir: Path = RESULTS) -> None:
     readme.write_text(render_readme(results_dir))
 
 
-def ort_pipeline(directory: Path, spinning: bool = True):
+def ort_pipeline(directory: Path, spinning: bool = True, llm_graphs: str = "auto"):
     """The library's ONNX Runtime pipeline on the CPU, with ORT's default spin-waiting threads
     (``spinning=True``) or with spinning off (``False``: what nuwa-export ships).
 
     The backend gives each of its three sessions its own intra-op thread pool. When the sessions
     run one after another, spinning threads of the one that just finished take CPU from the next
     one on a 2-core machine. This benchmark measured that, and the backend turns spinning off since.
+    ``llm_graphs``: ``auto`` (as shipped: the ONNX Runtime graphs when the export has them), ``ort`` or ``standard``.
     """
     from nuwa_export.export import manifest as mf
     from nuwa_export.runtime.ort_backend import OrtBackend
     from nuwa_export.runtime.pipeline import Pipeline
 
-    return Pipeline(directory, OrtBackend(directory, mf.read(directory), "cpu", spinning=spinning))
+    return Pipeline(directory, OrtBackend(directory, mf.read(directory), "cpu", spinning=spinning, llm_graphs=llm_graphs))
 
 
 
 
-def op_profile(directory: Path, manifest, batch: int, seq: dict[str, int], past: dict[str, int], steps: int = 10) -> dict:
+def op_profile(directory: Path, manifest, batch: int, seq: dict[str, int], past: dict[str, int], steps: int = 10, in_place: bool = False) -> dict:
     """ONNX Runtime's own per-op profile of each LLM graph of an export (sessions of their own with
     profiling on, the shipped thread settings) on ``seq[graph]`` new rows over ``past[graph]``
-    cache entries, random inputs: kernel ms per run and each op type's ms, largest first."""
+    cache entries, random inputs: kernel ms per run and each op type's ms, largest first.
+    ``in_place``: the ONNX Runtime graphs, past buffers of ``past + seq`` entries bound as the present."""
     import json
 
     import numpy as np
@@ -171,17 +173,33 @@ def op_profile(directory: Path, manifest, batch: int, seq: dict[str, int], past:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(directory / f"ort_profile_{graph}_b{batch}_s{seq[graph]}")
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(directory / manifest.graphs[graph].file), opts, providers=["CPUExecutionProvider"])
+        file = (manifest.ort_graphs if in_place else manifest.graphs)[graph].file
+        session = ort.InferenceSession(str(directory / file), opts, providers=["CPUExecutionProvider"])
         s, n = seq[graph], past[graph]
         first = "inputs_embeds" if graph == "llm_prefix" else "hidden_states"
         feeds = {first: rng.standard_normal((batch, s, llm.hidden_size), dtype=np.float32),
-                 "position_ids": np.broadcast_to(np.arange(n, n + s, dtype=np.int64), (batch, s)).copy(), "pad_lengths": np.zeros(batch, np.int64)}
+                 "position_ids": np.broadcast_to(np.arange(n, n + s, dtype=np.int64), (batch, s)).copy()}
+        if in_place:
+            feeds["attention_mask"] = np.ones((batch, n + s), np.int64)
+        else:
+            feeds["pad_lengths"] = np.zeros(batch, np.int64)
         if graph == "llm_prefix":
             feeds["vision_start"] = np.ones(batch, np.int64)
-        for name in kv_names("past", layers):
-            feeds[name] = rng.standard_normal((batch, llm.num_kv_heads, n, llm.head_dim), dtype=np.float32)
+        kv = {name: ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((batch, llm.num_kv_heads, n + s if in_place else n, llm.head_dim), dtype=np.float32))
+              for name in kv_names("past", layers)}
+        io = session.io_binding()
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, value)
+        for name, value in kv.items():
+            io.bind_ortvalue_input(name, value)
+        for o in session.get_outputs():
+            past_name = o.name.replace("present_", "past_", 1)
+            if in_place and past_name in kv:
+                io.bind_ortvalue_output(o.name, kv[past_name])  # the same buffer: written in place
+            else:
+                io.bind_output(o.name)
         for _ in range(steps):
-            session.run(None, feeds)
+            session.run_with_iobinding(io)
         events = json.loads(Path(session.end_profiling()).read_text())
         per_op: dict[str, float] = {}
         for e in events:

@@ -1,7 +1,7 @@
 """Regenerate every number in ``benchmarks/README.md``: run each benchmark, then render the README
 from all ``results/*.json``.
 
-    .venv/bin/python benchmarks/run_all.py                          # everything (~20-25 min on 2 CPU cores, ~7 of them scale; ~30 GB of disk)
+    .venv/bin/python benchmarks/run_all.py                          # everything (~25 min on 2 CPU cores, ~17 of them scale; ~45 GB of disk)
     .venv/bin/python benchmarks/run_all.py --reuse vision_overhead  # keep that benchmark's JSON
     .venv/bin/python benchmarks/run_all.py --render-only            # only re-render the README
 """

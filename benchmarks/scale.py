@@ -6,7 +6,7 @@ Vicuna-7B shapes, vocabulary padded to 32064, random fp16 weights, seed 0, 2 GiB
 its ``ru_maxrss`` (``os.wait4``); a thread also samples ``/proc/PID/status`` every 0.2 s for the
 anonymous / file-backed split (mmapped weights count as file RSS) and ``/proc/meminfo`` for the
 lowest MemAvailable. Writes ``results/scale.json`` and regenerates ``benchmarks/README.md``.
-The 7B run needs about 30 GB of disk in ``--workdir``.
+The 7B run needs about 45 GB of disk in ``--workdir`` (the checkpoint, and an export with both LLM graph pairs).
 
     .venv/bin/python benchmarks/scale.py --sizes 7b
     .venv/bin/python benchmarks/scale.py --sizes small                   # smoke test, ~30 s
