@@ -199,6 +199,10 @@ def verify_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="What is in the picture?")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument(
+        "--layerwise", action="store_true",
+        help="compare the LLM graphs with the reference decoder layer by decoder layer (polygraphy) and name the first layer beyond tolerance",
+    )
     p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
     return p
 

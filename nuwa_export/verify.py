@@ -299,6 +299,10 @@ def verify_cli(args) -> int:
     directory = Path(args.export_dir)
     manifest = mf.read(directory)
     image = load_image(args.image) if args.image else example_picture()
+    if args.layerwise:
+        from nuwa_export.layerwise import layerwise_cli
+
+        return layerwise_cli(args, directory, manifest, image)
     backends = available_backends(directory)
     if not backends:
         raise NuwaError("no backend to verify: pip install onnxruntime (or onnxruntime-gpu)")

@@ -1,0 +1,197 @@
+"""``nuwa-verify --layerwise``: the exported LLM graphs against the PyTorch reference, decoder layer
+by decoder layer, with polygraphy's comparator.
+
+Each LLM graph (the standard pair, the one TensorRT builds) gets the output of every decoder layer
+marked as a graph output (polygraphy's ``ModifyOutputs``; the layer's output is its second
+residual ``Add``, found by the exporter's module scope ``stack.layers.<j>``). Both graphs run in
+ONNX Runtime on the reference's own inputs (teacher forcing: the prefix on the reference's prompt
+embedding, the suffix on the reference's hidden states at the rows stage two kept), so an error
+in one layer shows in that layer and not in every later graph. The reference's layer outputs are
+captured with forward hooks on the same prefill. Comparison: polygraphy's ``SimpleCompareFunc``
+per layer, with the export's dtype policy (:data:`nuwa_export.verify.POLICIES`; float16 scales
+the absolute tolerance by each layer's RMS). The first layer whose error exceeds the tolerance
+is named.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nuwa_export.errors import NuwaError
+
+#: The exporter's module scope of a decoder layer's own nodes (``torch.onnx``, dynamo).
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+_LAYER = re.compile(r"stack\.layers\.(\d+)")
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    layer: int  # global decoder layer index
+    graph: str  # file
+    tensor: str  # the graph tensor compared
+    ok: bool
+    max_abs: float
+    atol: float
+    rtol: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_tensors(model) -> dict[int, str]:
+    """Per graph-local decoder layer, the name of its output tensor: the last ``Add`` at the top of
+    its module scope (the second residual add)."""
+    out: dict[int, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "Add":
+            continue
+        scopes = next((p.value for p in node.metadata_props if p.key == SCOPE_KEY), None)
+        if scopes is None:
+            continue
+        try:
+            parts = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(parts, list) and len(parts) == 3 and isinstance(parts[1], str) and (m := _LAYER.fullmatch(parts[1])):
+            out[int(m.group(1))] = node.output[0]
+    return out
+
+
+def _polygraphy():
+    try:
+        from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+        from polygraphy.comparator import Comparator
+        from polygraphy.comparator.compare import SimpleCompareFunc
+        from polygraphy.comparator.struct import IterationResult
+        from polygraphy.logger import G_LOGGER
+    except ImportError:
+        raise NuwaError("--layerwise needs polygraphy: pip install polygraphy") from None
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL  # its progress lines would drown the table
+    return BytesFromOnnx, ModifyOutputs, OnnxFromPath, OnnxrtRunner, SessionFromOnnx, Comparator, SimpleCompareFunc, IterationResult
+
+
+def reference_run(reference, image, prompt: str) -> dict:
+    """The reference's prefill on ``image`` / ``prompt``: each graph's inputs (NumPy, the export's
+    dtypes) and every decoder layer's output, keyed by global layer index."""
+    import torch
+
+    from nuwa_export.generation import Request
+    from nuwa_export.generation.core import layouts, prompt_embeds, run_prefix, run_suffix, select, vision
+    from nuwa_export.generation.layout import take_positions
+
+    stages = reference.stages()
+    requests = [Request(image, prompt)]
+    batch = layouts(stages, requests)
+    tokens, indices = vision(stages, requests, stages.clock())
+    layers = reference.parts.lm.layers
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple) else out)) for i, layer in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            embeds = prompt_embeds(stages, batch, tokens)
+            split, pos, _, scores, vision_start, pad = run_prefix(stages, batch, tokens, indices)
+            rows = torch.arange(split.shape[1], device=split.device)[None]
+            if reference.budgets.prune:
+                _, rows = select(stages, batch, scores, tokens.shape[1])
+            hidden = split.gather(1, rows[..., None].expand(-1, -1, split.shape[2]))
+            pos2 = take_positions(pos, rows)
+            run_suffix(stages, hidden, pos2, pad, 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    numpy = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    return {
+        "prefix": {"inputs_embeds": numpy(embeds), "position_ids": numpy(pos), "vision_start": numpy(vision_start), "pad_lengths": numpy(pad)},
+        "suffix": {"hidden_states": numpy(hidden), "position_ids": numpy(pos2), "pad_lengths": numpy(pad)},
+        "layers": {i: numpy(t) for i, t in seen.items()},
+    }
+
+
+def compare_layers(directory: Path, manifest, run: dict, policy) -> list[LayerCheck]:
+    """Every decoder layer of the export's standard LLM graphs against ``run`` (:func:`reference_run`)."""
+    import onnx
+
+    from nuwa_export.export.llm import kv_names
+
+    BytesFromOnnx, ModifyOutputs, OnnxFromPath, OnnxrtRunner, SessionFromOnnx, Comparator, SimpleCompareFunc, IterationResult = _polygraphy()
+    llm, b = manifest.llm, manifest.budgets
+    checks: list[LayerCheck] = []
+    for graph, layers, feeds in (("llm_prefix", range(b.stage_two_layer), run["prefix"]), ("llm_suffix", range(b.stage_two_layer, llm.num_layers), run["suffix"])):
+        file = manifest.graphs[graph].file
+        path = directory / file
+        local = layer_tensors(onnx.load(str(path), load_external_data=False))
+        if sorted(local) != list(range(len(layers))):
+            raise NuwaError(f"cannot find the decoder layers' outputs in {file} (found {sorted(local)}); --layerwise needs graphs from this nuwa-export")
+        names = {layers[j]: local[j] for j in range(len(layers))}
+        dtype = feeds["inputs_embeds" if graph == "llm_prefix" else "hidden_states"].dtype
+        past = np.zeros((feeds["position_ids"].shape[-2], llm.num_kv_heads, 0, llm.head_dim), dtype)
+        data = {**feeds, **dict.fromkeys(kv_names("past", layers), past)}
+        want = {names[i]: run["layers"][i].astype(np.float32) for i in layers}
+        atol = {n: float(policy.atol_for(w)) for n, w in want.items()}
+        runner = OnnxrtRunner(SessionFromOnnx(BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(path)), outputs=list(names.values())))), name="onnxruntime")
+        with contextlib.redirect_stdout(io.StringIO()):
+            results = Comparator.run([runner], data_loader=[data])
+            got = results[0][1][0]
+            results = type(results)([(runner.name, [IterationResult(outputs={n: np.asarray(got[n], np.float32) for n in names.values()}, runner_name="onnxruntime")]),
+                                     ("pytorch", [IterationResult(outputs=want, runner_name="pytorch")])])
+            accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=policy.rtol, check_shapes=True))
+        per = _per_output(accuracy, ("onnxruntime", "pytorch"))
+        for i in layers:
+            r = per[names[i]]
+            checks.append(LayerCheck(i, file, names[i], bool(r), float(r.max_absdiff), atol[names[i]], policy.rtol))
+    return checks
+
+
+def _per_output(accuracy, pair) -> dict:
+    """``{output: OutputCompareResult}`` of the first iteration of ``pair`` (polygraphy wraps its
+    ``AccuracyResult`` in a list in some versions)."""
+    result = accuracy
+    while not (hasattr(result, "keys") and pair in result.keys()):
+        result = result.lst[0]
+    return result[pair][0]
+
+
+def layerwise_cli(args, directory: Path, manifest, image) -> int:
+    """``nuwa-verify --layerwise``: a table (or JSON) of every decoder layer; exit 1 on a failing one."""
+    import gc
+    import json
+    import sys
+
+    from nuwa_export.run import reference_for_export
+    from nuwa_export.verify import policy_for
+
+    _polygraphy()  # the missing package is named before the checkpoint loads
+    reference = reference_for_export(directory, manifest, device="cpu", dtype=manifest.llm.dtype)
+    run = reference_run(reference, image, args.prompt)
+    del reference
+    gc.collect()
+    policy = policy_for(manifest.llm.dtype)
+    checks = compare_layers(directory, manifest, run, policy)
+    first = next((c for c in checks if not c.ok), None)
+    if args.json:
+        print(json.dumps({"export": str(directory), "ok": first is None, "dtype": manifest.llm.dtype, "policy": policy.dtype,
+                          "first_failing_layer": None if first is None else first.layer, "layers": [c.as_dict() for c in checks]}))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"nuwa-verify --layerwise {directory} (reference: PyTorch on the CPU, LLM in {manifest.llm.dtype}; polygraphy)", title_justify="left")
+        for col in ("layer", "graph", "ok", "max abs error", "tolerance"):
+            table.add_column(col, justify="right" if col in ("layer", "max abs error", "tolerance") else "left")
+        for c in checks:
+            table.add_row(str(c.layer), c.graph, "[green]yes[/]" if c.ok else "[red]NO[/]", f"{c.max_abs:.2e}", f"{c.atol:.1e} or {c.rtol:.0e}·|x|")
+        Console().print(table)
+        print("every decoder layer within tolerance" if first is None else
+              f"first layer beyond tolerance: layer {first.layer} ({first.graph}, max abs error {first.max_abs:.3g}, tolerance {first.atol:.2g})")
+    if first is not None:
+        print(f"nuwa-verify: error: decoder layer {first.layer} ({first.graph}) differs from the reference", file=sys.stderr)
+        return 1
+    return 0
