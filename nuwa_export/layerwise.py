@@ -1,8 +1,8 @@
 """``nuwa-verify --layerwise``: the exported LLM graphs against the PyTorch reference, decoder layer
 by decoder layer, with polygraphy's comparator.
 
-Each LLM graph (the standard pair, the one TensorRT builds) gets the output of every decoder layer
-marked as a graph output (polygraphy's ``ModifyOutputs``; the layer's output is its second
+Each LLM graph (the standard pair TensorRT builds, and the ONNX Runtime pair when the export has
+it) gets the output of every decoder layer marked as a graph output (polygraphy's ``ModifyOutputs``; the layer's output is its second
 residual ``Add``, found by the exporter's module scope ``stack.layers.<j>``). Both graphs run in
 ONNX Runtime on the reference's own inputs (teacher forcing: the prefix on the reference's prompt
 embedding, the suffix on the reference's hidden states at the rows stage two kept), so an error
@@ -116,7 +116,8 @@ def reference_run(reference, image, prompt: str) -> dict:
 
 
 def compare_layers(directory: Path, manifest, run: dict, policy) -> list[LayerCheck]:
-    """Every decoder layer of the export's standard LLM graphs against ``run`` (:func:`reference_run`)."""
+    """Every decoder layer of each LLM graph pair of the export (the standard graphs, and the
+    ONNX Runtime graphs when present) against ``run`` (:func:`reference_run`)."""
     import onnx
 
     from nuwa_export.export.llm import kv_names
@@ -124,30 +125,45 @@ def compare_layers(directory: Path, manifest, run: dict, policy) -> list[LayerCh
     BytesFromOnnx, ModifyOutputs, OnnxFromPath, OnnxrtRunner, SessionFromOnnx, Comparator, SimpleCompareFunc, IterationResult = _polygraphy()
     llm, b = manifest.llm, manifest.budgets
     checks: list[LayerCheck] = []
-    for graph, layers, feeds in (("llm_prefix", range(b.stage_two_layer), run["prefix"]), ("llm_suffix", range(b.stage_two_layer, llm.num_layers), run["suffix"])):
-        file = manifest.graphs[graph].file
-        path = directory / file
-        local = layer_tensors(onnx.load(str(path), load_external_data=False))
-        if sorted(local) != list(range(len(layers))):
-            raise NuwaError(f"cannot find the decoder layers' outputs in {file} (found {sorted(local)}); --layerwise needs graphs from this nuwa-export")
-        names = {layers[j]: local[j] for j in range(len(layers))}
-        dtype = feeds["inputs_embeds" if graph == "llm_prefix" else "hidden_states"].dtype
-        past = np.zeros((feeds["position_ids"].shape[-2], llm.num_kv_heads, 0, llm.head_dim), dtype)
-        data = {**feeds, **dict.fromkeys(kv_names("past", layers), past)}
-        want = {names[i]: run["layers"][i].astype(np.float32) for i in layers}
-        atol = {n: float(policy.atol_for(w)) for n, w in want.items()}
-        runner = OnnxrtRunner(SessionFromOnnx(BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(path)), outputs=list(names.values())))), name="onnxruntime")
-        with contextlib.redirect_stdout(io.StringIO()):
-            results = Comparator.run([runner], data_loader=[data])
-            got = results[0][1][0]
-            results = type(results)([(runner.name, [IterationResult(outputs={n: np.asarray(got[n], np.float32) for n in names.values()}, runner_name="onnxruntime")]),
-                                     ("pytorch", [IterationResult(outputs=want, runner_name="pytorch")])])
-            accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=policy.rtol, check_shapes=True))
-        per = _per_output(accuracy, ("onnxruntime", "pytorch"))
-        for i in layers:
-            r = per[names[i]]
-            checks.append(LayerCheck(i, file, names[i], bool(r), float(r.max_absdiff), atol[names[i]], policy.rtol))
+    pairs = [(manifest.graphs, False)] + ([(manifest.ort_graphs, True)] if manifest.ort_graphs else [])
+    for graphs, in_place in pairs:
+        for graph, layers, feeds in (("llm_prefix", range(b.stage_two_layer), run["prefix"]), ("llm_suffix", range(b.stage_two_layer, llm.num_layers), run["suffix"])):
+            file = graphs[graph].file
+            path = directory / file
+            local = layer_tensors(onnx.load(str(path), load_external_data=False))
+            if sorted(local) != list(range(len(layers))):
+                raise NuwaError(f"cannot find the decoder layers' outputs in {file} (found {sorted(local)}); --layerwise needs graphs from this nuwa-export")
+            names = {layers[j]: local[j] for j in range(len(layers))}
+            data = _feeds(feeds, graph, kv_names("past", layers), llm, in_place)
+            want = {names[i]: run["layers"][i].astype(np.float32) for i in layers}
+            atol = {n: float(policy.atol_for(w)) for n, w in want.items()}
+            runner = OnnxrtRunner(SessionFromOnnx(BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(path)), outputs=list(names.values())))), name="onnxruntime")
+            with contextlib.redirect_stdout(io.StringIO()):
+                results = Comparator.run([runner], data_loader=[data])
+                got = results[0][1][0]
+                results = type(results)([(runner.name, [IterationResult(outputs={n: np.asarray(got[n], np.float32) for n in names.values()}, runner_name="onnxruntime")]),
+                                         ("pytorch", [IterationResult(outputs=want, runner_name="pytorch")])])
+                accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=policy.rtol, check_shapes=True))
+            per = _per_output(accuracy, ("onnxruntime", "pytorch"))
+            for i in layers:
+                r = per[names[i]]
+                checks.append(LayerCheck(i, file, names[i], bool(r), float(r.max_absdiff), atol[names[i]], policy.rtol))
     return checks
+
+
+def _feeds(feeds: dict, graph: str, past_names: list[str], llm, in_place: bool) -> dict:
+    """A prefill's inputs for the standard graphs (``pad_lengths``, empty past) or the ONNX Runtime
+    graphs (``attention_mask``, KV buffers of exactly the prompt's length)."""
+    first = feeds["inputs_embeds" if graph == "llm_prefix" else "hidden_states"]
+    batch, seq = first.shape[:2]
+    data = {k: v for k, v in feeds.items() if k != "pad_lengths"}
+    if in_place:
+        data["attention_mask"] = (np.arange(seq)[None, :] >= feeds["pad_lengths"][:, None]).astype(np.int64)
+        past = np.zeros((batch, llm.num_kv_heads, seq, llm.head_dim), first.dtype)
+    else:
+        data["pad_lengths"] = feeds["pad_lengths"]
+        past = np.zeros((batch, llm.num_kv_heads, 0, llm.head_dim), first.dtype)
+    return {**data, **dict.fromkeys(past_names, past)}
 
 
 def _per_output(accuracy, pair) -> dict:
@@ -175,7 +191,7 @@ def layerwise_cli(args, directory: Path, manifest, image) -> int:
     gc.collect()
     policy = policy_for(manifest.llm.dtype)
     checks = compare_layers(directory, manifest, run, policy)
-    first = next((c for c in checks if not c.ok), None)
+    first = min((c for c in checks if not c.ok), key=lambda c: c.layer, default=None)
     if args.json:
         print(json.dumps({"export": str(directory), "ok": first is None, "dtype": manifest.llm.dtype, "policy": policy.dtype,
                           "first_failing_layer": None if first is None else first.layer, "layers": [c.as_dict() for c in checks]}))

@@ -35,12 +35,12 @@ def test_every_layer_of_a_good_export_passes(demo_export, capsys):
     report = json.loads(capsys.readouterr().out)
     m = mf.read(demo_export)
     assert report["ok"] and report["first_failing_layer"] is None
-    assert [c["layer"] for c in report["layers"]] == list(range(m.llm.num_layers))
+    assert [c["layer"] for c in report["layers"]] == list(range(m.llm.num_layers)) * 2  # the standard pair, then the ONNX Runtime pair
     assert all(c["max_abs"] < 1e-4 for c in report["layers"])
-    assert {c["graph"] for c in report["layers"]} == {"llm_prefix.onnx", "llm_suffix.onnx"}
+    assert {c["graph"] for c in report["layers"]} == {"llm_prefix.onnx", "llm_suffix.onnx", "llm_prefix.ort.onnx", "llm_suffix.ort.onnx"}
 
 
-@pytest.mark.parametrize("file,local,layer", [("llm_prefix.onnx", 1, 1), ("llm_suffix.onnx", 1, 3)])
+@pytest.mark.parametrize("file,local,layer", [("llm_prefix.onnx", 1, 1), ("llm_suffix.onnx", 1, 3), ("llm_suffix.ort.onnx", 0, 2)])
 def test_a_corrupted_layer_is_named_first(demo_export, tmp_path, capsys, file, local, layer):
     d = tmp_path / "bad"
     shutil.copytree(demo_export, d)
@@ -51,6 +51,7 @@ def test_a_corrupted_layer_is_named_first(demo_export, tmp_path, capsys, file, l
     report = json.loads(out)
     assert report["first_failing_layer"] == layer
     assert all(c["ok"] for c in report["layers"] if c["layer"] < layer)  # teacher forcing: earlier layers untouched
+    assert {c["graph"] for c in report["layers"] if not c["ok"]} == {file}  # the other graphs pass
     assert err.strip() == f"nuwa-verify: error: decoder layer {layer} ({file}) differs from the reference"
     # the table names it too
     assert verify_main([str(d), "--layerwise"]) == 1
