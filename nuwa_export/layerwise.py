@@ -84,8 +84,7 @@ def reference_run(reference, image, prompt: str) -> dict:
     import torch
 
     from nuwa_export.generation import Request
-    from nuwa_export.generation.core import layouts, prompt_embeds, run_prefix, run_suffix, select, vision
-    from nuwa_export.generation.layout import take_positions
+    from nuwa_export.generation.core import layouts, prompt_embeds, run_prefix, run_suffix, suffix_input, vision
 
     stages = reference.stages()
     requests = [Request(image, prompt)]
@@ -98,11 +97,7 @@ def reference_run(reference, image, prompt: str) -> dict:
         with torch.inference_mode():
             embeds = prompt_embeds(stages, batch, tokens)
             split, pos, _, scores, vision_start, pad = run_prefix(stages, batch, tokens, indices)
-            rows = torch.arange(split.shape[1], device=split.device)[None]
-            if reference.budgets.prune:
-                _, rows = select(stages, batch, scores, tokens.shape[1])
-            hidden = split.gather(1, rows[..., None].expand(-1, -1, split.shape[2]))
-            pos2 = take_positions(pos, rows)
+            _, hidden, pos2 = suffix_input(stages, batch, split, pos, scores, tokens.shape[1])
             run_suffix(stages, hidden, pos2, pad, 1)
     finally:
         for h in hooks:
@@ -154,11 +149,14 @@ def compare_layers(directory: Path, manifest, run: dict, policy) -> list[LayerCh
 def _feeds(feeds: dict, graph: str, past_names: list[str], llm, in_place: bool) -> dict:
     """A prefill's inputs for the standard graphs (``pad_lengths``, empty past) or the ONNX Runtime
     graphs (``attention_mask``, KV buffers of exactly the prompt's length)."""
+    import torch
+
+    from nuwa_export.runtime.kv import padding_mask
     first = feeds["inputs_embeds" if graph == "llm_prefix" else "hidden_states"]
     batch, seq = first.shape[:2]
     data = {k: v for k, v in feeds.items() if k != "pad_lengths"}
     if in_place:
-        data["attention_mask"] = (np.arange(seq)[None, :] >= feeds["pad_lengths"][:, None]).astype(np.int64)
+        data["attention_mask"] = padding_mask(torch.from_numpy(feeds["pad_lengths"]), seq).numpy()
         past = np.zeros((batch, llm.num_kv_heads, seq, llm.head_dim), first.dtype)
     else:
         data["pad_lengths"] = feeds["pad_lengths"]

@@ -317,7 +317,7 @@ def verify_cli(args) -> int:
         # graphs TensorRT builds, so both are held to the reference
         pairs = [("auto", "")] + ([("standard", "-standard")] if backend == "ort" and manifest.ort_graphs else [])
         for graphs, suffix in pairs:
-            pipeline = Pipeline(directory, backend, device, llm_graphs=graphs)
+            pipeline = Pipeline(directory, backend, device, llm_graphs=graphs, manifest=manifest)  # verified above
             try:
                 report[f"{backend}-{device}{suffix}"] = [c.as_dict() for c in check(pipeline, rec)]
             finally:

@@ -312,10 +312,10 @@ def _validate(tmp: Path, expected: dict) -> dict:
     from nuwa_export.verify import check, check_batch
 
     result = {"vision": validate.check_vision(tmp / VISION_FILE, expected["vision"])}
-    manifest = mf.read(tmp, verify=False)
+    manifest = mf.read(tmp)  # every file hashed and checked once, for both pairs
     pairs = [("pipeline", "standard")] + ([("pipeline_ort", "ort")] if manifest.ort_graphs else [])
     for key, graphs in pairs:
-        pipeline = Pipeline(tmp, "ort", device="cpu", llm_graphs=graphs)
+        pipeline = Pipeline(tmp, "ort", device="cpu", llm_graphs=graphs, manifest=manifest)
         try:
             checks = check(pipeline, expected["pipeline"]) + check_batch(pipeline, [expected["pipeline"], expected["second"]])
             policy = pipeline.manifest.llm.dtype

@@ -90,6 +90,15 @@ def select(stages, batch: Batch, scores: torch.Tensor, k1: int) -> tuple[torch.T
     return kept, batch.rows_after_stage_two(kept, k1)
 
 
+def suffix_input(stages, batch: Batch, split: torch.Tensor, pos: torch.Tensor, scores, k1: int):
+    """Stage two on the prefix's output → (``kept [B, K2]`` or None unpruned, the hidden states
+    and positions of the rows that go on to layers ``[L, N)``)."""
+    if not stages.budgets.prune:
+        return None, split, pos
+    kept, rows = select(stages, batch, scores, k1)
+    return kept, split.gather(1, rows[..., None].expand(-1, -1, split.shape[2])), take_positions(pos, rows)
+
+
 @torch.inference_mode()
 def run_suffix(stages, hidden: torch.Tensor, positions: torch.Tensor, pad: torch.Tensor, size: int, extra: int = 0):
     """Layers ``[L, N)`` on the rows that go on → (logits, suffix KV)."""
@@ -103,12 +112,7 @@ def prefill(stages, batch: Batch, tokens: torch.Tensor, indices: torch.Tensor, c
     with torch.inference_mode():
         split, pos, past1, scores, vision_start, pad = run_prefix(stages, batch, tokens, indices, extra)
         clock.lap("prefix")
-        kept = None
-        hidden, pos2 = split, pos
-        if stages.budgets.prune:
-            kept, rows = select(stages, batch, scores, tokens.shape[1])
-            hidden = split.gather(1, rows[..., None].expand(-1, -1, split.shape[2]))
-            pos2 = take_positions(pos, rows)
+        kept, hidden, pos2 = suffix_input(stages, batch, split, pos, scores, tokens.shape[1])
         clock.lap("stage_two")
         logits, past2 = run_suffix(stages, hidden, pos2, pad, batch.size, extra)
         clock.lap("suffix")

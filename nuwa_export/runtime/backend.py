@@ -108,8 +108,6 @@ class Backend(ABC):
         """Run an LLM graph with its past KV → (its outputs, the KV group after it: the buffers
         written in place, or None when the outputs hold the new present tensors)."""
         present = [n.replace("past_", "present_", 1) for n in names]
-        if self.in_place and not isinstance(past, KVBuffers):  # plain tensors: a full buffer of them
-            past = KVBuffers(list(past), past[0].shape[2])
         if isinstance(past, KVBuffers):
             past = past.reserve(seq)
             feeds["attention_mask"] = past.attention_mask(pad_lengths, seq)

@@ -15,6 +15,12 @@ from dataclasses import dataclass
 import torch
 
 
+def padding_mask(pad: torch.Tensor, total: int) -> torch.Tensor:
+    """``[B, total]`` int64: 0 on each row's left padding (``pad [B]``), 1 elsewhere."""
+    cols = torch.arange(total, device=pad.device)
+    return (cols[None, :] >= pad[:, None]).to(torch.int64)
+
+
 @dataclass
 class KVBuffers:
     """Per-layer key/value buffers ``[B, kv_heads, capacity, head_dim]`` and how many entries
@@ -46,9 +52,8 @@ class KVBuffers:
         return grown
 
     def attention_mask(self, pad: torch.Tensor, seq: int) -> torch.Tensor:
-        """``[B, length + seq]`` int64: 0 on each row's left padding (``pad [B]``), 1 elsewhere."""
-        cols = torch.arange(self.length + seq, device=pad.device)
-        return (cols[None, :] >= pad[:, None]).to(torch.int64)
+        """The ONNX Runtime graphs' ``attention_mask`` for ``seq`` new entries (:func:`padding_mask`)."""
+        return padding_mask(pad, self.length + seq)
 
     def take(self, rows: torch.Tensor) -> KVBuffers:
         return KVBuffers([t.index_select(0, rows) for t in self.tensors], self.length)

@@ -38,13 +38,16 @@ def image_config_of(m: mf.Manifest) -> ImageConfig:
 class Pipeline:
     """An export directory and one backend; :meth:`generate` answers one question."""
 
-    def __init__(self, directory: str | Path, backend: str | Backend = "ort", device: str = "auto", llm_graphs: str = "auto") -> None:
+    def __init__(self, directory: str | Path, backend: str | Backend = "ort", device: str = "auto", llm_graphs: str = "auto",
+                 manifest: mf.Manifest | None = None) -> None:
+        """``manifest``: the directory's manifest, already read and verified (every file hashed)
+        by the caller, which opens the same export more than once; read and verified here otherwise."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
         self.directory = Path(directory)
-        self.manifest = mf.read(self.directory)
+        self.manifest = manifest or mf.read(self.directory)
         self.budgets = budgets_of(self.manifest)
         self.image_config = image_config_of(self.manifest)
         try:

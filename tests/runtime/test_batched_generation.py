@@ -160,6 +160,6 @@ def test_backend_refuses_a_batch_beyond_the_export(demo_export):
     pipeline = Pipeline(demo_export, "ort", "cpu")
     llm, m = pipeline.manifest.llm, pipeline.manifest.max_batch
     b = m + 1
-    past = [torch.zeros(b, llm.num_kv_heads, 0, llm.head_dim) for _ in range(2 * pipeline.budgets.layer)]
+    past = pipeline.backend.empty_past(0, pipeline.budgets.layer, b, 3, torch.float32)
     with pytest.raises(NuwaError, match=f"beyond this export's max_batch {m}; re-export with --max-batch {b}"):
         pipeline.backend.prefix(torch.zeros(b, 3, llm.hidden_size), torch.zeros(b, 3, dtype=torch.long), torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long), past)

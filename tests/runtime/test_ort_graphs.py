@@ -172,3 +172,29 @@ def test_ort_graphs_refused_when_they_do_not_match_the_manifest(demo_export, tmp
     (bad / mf.FILENAME).write_text(json.dumps(m))
     r = subprocess.run([str(BIN / "nuwa-run"), str(bad), "--prompt", "Hi"], capture_output=True, text=True)
     assert_one_line("nuwa-run", r.returncode, r.stderr, "manifest.json ort_graphs.llm_prefix describes another graph")
+
+
+def test_bad_llm_graph_choices_and_contracts_are_refused(demo_export):
+    from nuwa_export.runtime.backend import output_specs
+    from nuwa_export.runtime.ort_backend import OrtBackend
+
+    m = mf.read(demo_export)
+    with pytest.raises(NuwaError, match="unknown LLM graphs 'fused' \\(choose from auto, ort, standard\\)"):
+        OrtBackend(demo_export, m, "cpu", llm_graphs="fused")
+    llm = m.llm
+    shapes = {"inputs_embeds": (1, 2, llm.hidden_size), **{n: (1, llm.num_kv_heads, 8, llm.head_dim) for n in
+                                                         [f"past_{w}_{i}" for i in range(m.budgets.stage_two_layer) for w in ("key", "value")]}}
+    got = output_specs(m, "llm_prefix", {**shapes, "attention_mask": (1, 5)}, in_place=True)
+    assert got[1].shape == (1, llm.num_kv_heads, 8, llm.head_dim)  # the buffers' capacity, not P + S
+    with pytest.raises(NuwaError, match="an attention_mask of \\[1, 9\\] over KV buffers of 8 entries for 2 new tokens"):
+        output_specs(m, "llm_prefix", {**shapes, "attention_mask": (1, 9)}, in_place=True)  # more entries than the buffers hold
+
+
+def test_ort_graphs_missing_from_the_manifest_is_refused(demo_export, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_export, bad)
+    m = json.loads((bad / mf.FILENAME).read_text())
+    del m["ort_graphs"]["llm_suffix"]
+    (bad / mf.FILENAME).write_text(json.dumps(m))
+    r = subprocess.run([str(BIN / "nuwa-run"), str(bad), "--prompt", "Hi"], capture_output=True, text=True)
+    assert_one_line("nuwa-run", r.returncode, r.stderr, "ort_graphs.llm_suffix is missing")
