@@ -252,7 +252,11 @@ def profile_main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nuwa-build", description="Build TensorRT engines (one per graph, with sidecars) for an export directory.")
     p.add_argument("export_dir", type=user_path, metavar="EXPORT_DIR")
-    p.add_argument("--precision", choices=["fp16", "bf16", "fp32"], help="default: the export's own (fp32, or fp16 for a float16 export) with a strongly typed builder such as tensorrt-rtx; the profile's (fp16) with full TensorRT")
+    p.add_argument(
+        "--precision", choices=["fp16", "bf16", "fp32", "int8", "fp8", "int4-awq", "int4-rtn"],
+        help="default: the export's own (fp32, or fp16 for a float16 export) with a strongly typed builder such as tensorrt-rtx; "
+        "the profile's (fp16) with full TensorRT; a quantized export (nuwa-quantize) is built in its own precision only",
+    )
     p.add_argument("--profile", choices=["orin", "thor", "datacenter"], default="datacenter", help="target device family")
     p.add_argument("--builder", choices=["tensorrt", "tensorrt-rtx"], default="tensorrt", help="TensorRT Python module to build with")
     p.add_argument("--plugin", action="store_true", help="build vision.plugin.onnx with the SwarmAggregate plugin")
@@ -306,6 +310,40 @@ def _export(argv: list[str] | None) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     return _guard("nuwa-export", _export, argv)
+
+
+def quantize_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="nuwa-quantize",
+        description="Quantize an export's LLM graphs with NVIDIA ModelOpt (post-training, calibrated on the real pipeline's "
+        "tensors), validate them against the float export, and write a new export directory.",
+    )
+    p.add_argument("export_dir", type=user_path, metavar="EXPORT_DIR", help="a float export (nuwa-export)")
+    from nuwa_export.quant import PRECISIONS
+
+    p.add_argument(
+        "--precision", required=True, choices=list(PRECISIONS),
+        help="int8 (W8A8, Orin / Ampere and later), fp8 (W8A8 E4M3: Ada, Hopper, Blackwell, Thor), int4-awq / int4-rtn "
+        "(4-bit weights in blocks of 128, AWQ clipping or round-to-nearest; not Turing)",
+    )
+    p.add_argument("--calib", default="default", metavar="SET", help="a calibration set: a name in calib/ (default: default) or a JSONL file (calib/README.md)")
+    p.add_argument("--out", required=True, type=user_path, help="the quantized export directory (written atomically)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--decode-steps", type=int, default=1, metavar="N", help="decode steps per request recorded for calibration, after the prefill (default 1)")
+    p.add_argument("--tokens", type=int, default=8, metavar="N", help="greedy tokens per request the validation compares (default 8)")
+    p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
+    return p
+
+
+def _quantize(argv: list[str] | None) -> int:
+    args = quantize_parser().parse_args(argv)
+    from nuwa_export.quant.quantize import quantize_cli
+
+    return quantize_cli(args)
+
+
+def quantize_main(argv: list[str] | None = None) -> int:
+    return _guard("nuwa-quantize", _quantize, argv)
 
 
 def eval_parser() -> argparse.ArgumentParser:

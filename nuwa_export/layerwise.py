@@ -182,6 +182,11 @@ def layerwise_cli(args, directory: Path, manifest, image) -> int:
     from nuwa_export.run import reference_for_export
     from nuwa_export.verify import policy_for
 
+    if manifest.quantization is not None:
+        raise NuwaError(
+            f"--layerwise compares float exports only: {directory} is quantized ({manifest.quantization.precision}), and ModelOpt "
+            "drops the layer metadata it reads; run it on the float export this one came from, and nuwa-verify (no --layerwise) here"
+        )
     _polygraphy()  # the missing package is named before the checkpoint loads
     reference = reference_for_export(directory, manifest, device="cpu", dtype=manifest.llm.dtype)
     run = reference_run(reference, image, args.prompt)

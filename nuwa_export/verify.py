@@ -8,6 +8,7 @@ The policy depends on the LLM graphs' dtype (the vision graph is always float32)
 
 * ``float32``: free-running, every discrete choice identical (stage-one and stage-two indices,
   greedy tokens), every tensor within atol/rtol 1e-4.
+* quantized graphs (``nuwa-quantize``): their own policy, :mod:`nuwa_export.quant.policy`.
 * ``float16``: ONNX Runtime and PyTorch round differently, so a near-tie can legitimately flip.
   Each LLM graph is checked on the reference's own inputs (teacher forcing): tensors within the
   float16 tolerance below; a stage-two index or greedy token may differ from the reference's
@@ -146,24 +147,38 @@ def near_tie_tokens(stage: str, got: list[int], want: list[int], logits: list[np
 
 def record(reference, image, prompt: str, max_new_tokens: int = 20) -> Record:
     """Run the reference greedily (no EOS stop) on ``image`` / ``prompt`` and keep every stage
-    (through the one generation core, as every backend runs)."""
+    (through the one generation core, as every backend runs). ``reference`` is the PyTorch
+    reference, or a float export's pipeline (what ``nuwa-quantize`` holds its graphs to)."""
     from nuwa_export.image import load_image
 
     if not hasattr(image, "size"):
         image = load_image(image)
     trace: dict = {}
     got = reference.generate(image, prompt, SamplingConfig(max_new_tokens=max_new_tokens, stop_at_eos=False), trace=trace)
-    numpy = lambda t: t.float().cpu().numpy()  # noqa: E731
     kept = trace["stage_two"]
     return Record(
-        image, prompt, list(got.prompt.before), list(got.prompt.after), numpy(trace["vision_tokens"]), trace["patch_indices"].cpu().numpy(),
-        numpy(trace["split_hidden"]), numpy(trace["stage_two_scores"]), None if kept is None else kept.cpu().numpy(),
-        [numpy(t) for t in trace["logits"]][: len(got.generated_ids)], got.generated_ids,
+        image, prompt, list(got.prompt.before), list(got.prompt.after), _f32(trace["vision_tokens"]), _host(trace["patch_indices"]),
+        _f32(trace["split_hidden"]), _f32(trace["stage_two_scores"]), None if kept is None else _host(kept),
+        [_f32(t) for t in trace["logits"]][: len(got.generated_ids)], got.generated_ids,
     )
 
 
+def _host(t) -> np.ndarray:
+    """A trace entry as a NumPy array (the reference traces torch tensors, an export's pipeline NumPy)."""
+    return t if isinstance(t, np.ndarray) else t.cpu().numpy()
+
+
+def _f32(t) -> np.ndarray:
+    return np.asarray(t, np.float32) if isinstance(t, np.ndarray) else t.float().cpu().numpy()
+
+
 def check(pipeline, rec: Record, policy: Policy | None = None) -> list[Check]:
-    """Run ``pipeline`` on the recorded image and prompt and compare stage by stage (module doc)."""
+    """Run ``pipeline`` on the recorded image and prompt and compare stage by stage (module doc;
+    a quantized export: :mod:`nuwa_export.quant.policy`)."""
+    if pipeline.manifest.quantization is not None:
+        from nuwa_export.quant import policy as quantized
+
+        return quantized.check(pipeline, rec)
     policy = policy or policy_for(pipeline.manifest.llm.dtype)
     n = len(rec.generated_ids)
     trace: dict = {}
@@ -219,7 +234,17 @@ def check_batch(pipeline, recs: list[Record], policy: Policy | None = None) -> l
     return checks
 
 
-def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
+@dataclass
+class Forced:
+    """Each LLM graph's outputs on the reference's own inputs (:func:`teacher_forced`)."""
+
+    split_hidden: np.ndarray  # [1, T, D] float32
+    stage_two_scores: np.ndarray  # [1, K1]
+    stage_two: np.ndarray | None  # [1, K2] chosen from the graph's own scores
+    logits: list[np.ndarray]  # [1, V]: the first, then one per teacher-forced decode step
+
+
+def teacher_forced(pipeline, rec: Record) -> Forced:
     """Each LLM graph on the reference's inputs, through the generation core's own steps: prefix on
     its prompt embedding, suffix on its stage-two rows, decode on its tokens."""
     import torch
@@ -235,19 +260,29 @@ def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
     to = lambda a: torch.from_numpy(a).to(stages.device)  # noqa: E731
     extra = max(len(rec.generated_ids) - 1, 0)  # decode entries the replay adds
     split, pos, past1, scores, vision_start, pad = generation.run_prefix(stages, batch, to(rec.vision_tokens), to(rec.patch_indices), extra)
-    checks = [
-        _close("hidden at split", split.float().cpu().numpy(), rec.split_hidden, policy),
-        _close("stage-two scores", scores.float().cpu().numpy(), rec.stage_two_scores, policy),
-    ]
     rows = torch.arange(split.shape[1], device=stages.device)[None]
+    kept = None
     if rec.stage_two is not None:
         kept, _ = generation.select(stages, batch, scores, k1)
-        checks.append(near_tie_sets("stage-two indices", kept.cpu().numpy(), rec.stage_two, rec.stage_two_scores, policy))
+        kept = kept.cpu().numpy()
         rows = batch.rows_after_stage_two(to(rec.stage_two), k1)
     hidden = to(rec.split_hidden[:, rows[0].cpu().numpy()]).to(dtype)
     logits, past2 = generation.run_suffix(stages, hidden, take_positions(pos, rows), pad, 1, extra)
     live = generation.Live(batch, generation.KVGroups(past1, past2), vision_start, pad)
     got = [t.float().cpu().numpy() for t in [logits, *generation.replay(stages, live, rec.generated_ids[:-1])]]
+    return Forced(split.float().cpu().numpy(), scores.float().cpu().numpy(), kept, got)
+
+
+def _teacher_forced(pipeline, rec: Record, policy: Policy) -> list[Check]:
+    """:func:`teacher_forced` held to ``policy`` (float16: near-ties may flip)."""
+    f = teacher_forced(pipeline, rec)
+    checks = [
+        _close("hidden at split", f.split_hidden, rec.split_hidden, policy),
+        _close("stage-two scores", f.stage_two_scores, rec.stage_two_scores, policy),
+    ]
+    if rec.stage_two is not None:
+        checks.append(near_tie_sets("stage-two indices", f.stage_two, rec.stage_two, rec.stage_two_scores, policy))
+    got = f.logits
     checks.append(_close("first logits", got[0], rec.logits[0], policy))
     if len(got) > 1:
         checks.append(_close(f"decode logits ({len(got) - 1} steps, teacher-forced)", np.concatenate(got[1:]), np.concatenate(rec.logits[1:]), policy))
@@ -324,12 +359,14 @@ def verify_cli(args) -> int:
                 pipeline.close()
     ok = all(c["ok"] for checks in report.values() for c in checks)
     if args.json:
-        print(json.dumps({"export": str(directory), "ok": ok, "dtype": dtype, "backends": report}))
+        quantized = manifest.quantization.precision if manifest.quantization else None
+        print(json.dumps({"export": str(directory), "ok": ok, "dtype": dtype, "quantized": quantized, "backends": report}))
     else:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"nuwa-verify {directory} (reference: PyTorch on the CPU, LLM in {dtype})", title_justify="left")
+        q = f", graphs quantized to {manifest.quantization.precision}: its policy" if manifest.quantization else ""
+        table = Table(title=f"nuwa-verify {directory} (reference: PyTorch on the CPU, LLM in {dtype}{q})", title_justify="left")
         for col in ("backend", "stage", "ok", "detail"):
             table.add_column(col)
         for name, checks in report.items():

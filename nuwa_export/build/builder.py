@@ -52,13 +52,26 @@ class BuiltEngines(dict):
         self.precision, self.reason = precision, reason
 
 
-def choose_precision(requested: str | None, tgt, typed: bool, export_dtype: str, builder: str) -> tuple[str, str]:
+def choose_precision(requested: str | None, tgt, typed: bool, export_dtype: str, builder: str, quantized: str | None = None) -> tuple[str, str]:
     """``(precision, why)``: what ``--precision`` means for this export and builder.
 
     A strongly typed builder (TensorRT for RTX, TensorRT 11) runs each graph in its own types, so
     the default follows the export (float32 → fp32, float16 → fp16) and anything else is refused.
-    Full TensorRT 10 converts: its default is the target profile's (fp16).
+    Full TensorRT 10 converts: its default is the target profile's (fp16). A quantized export
+    (``quantized``: nuwa-quantize's precision) is built strongly typed by every builder, in its
+    own precision only.
     """
+    if quantized is not None:
+        if requested is not None and requested != quantized:
+            raise NuwaError(
+                f"this export is quantized to {quantized} (nuwa-quantize): its engines are built in {quantized}; "
+                f"--precision {requested} needs the float export it came from"
+            )
+        return tgt.check_precision(quantized), f"the export is quantized to {quantized} (nuwa-quantize); built strongly typed"
+    from nuwa_export.quant import PRECISIONS
+
+    if requested in PRECISIONS:
+        raise NuwaError(f"--precision {requested} needs a quantized export: nuwa-quantize EXPORT_DIR --precision {requested} --out DIR, then build that")
     llm_precision = {"float32": "fp32", "float16": "fp16"}.get(export_dtype, export_dtype)
     if typed:
         if requested is not None and requested != llm_precision:
@@ -103,11 +116,14 @@ def build(
     trt = import_tensorrt(builder)
     if plugin:
         load_plugin_library(lib)
-    typed = strongly_typed(trt)
-    precision, reason = choose_precision(precision, tgt, typed, manifest.llm.dtype, f"{builder} {trt.__version__}")
+    quantized = manifest.quantization.precision if manifest.quantization else None
+    typed = strongly_typed(trt) or quantized is not None  # Q/DQ graphs: every builder runs them in their own types
+    precision, reason = choose_precision(precision, tgt, strongly_typed(trt), manifest.llm.dtype, f"{builder} {trt.__version__}", quantized)
     name, cc = device_info()
     if cc is not None and builder == "tensorrt" and cc not in tgt.compute_capabilities:
         raise NuwaError(f"this GPU ({name}, SM {cc[0]}.{cc[1]}) is not a {profile} device; pick the profile of the GPU you build on")
+    if cc is not None and precision == "fp8" and tuple(cc) < (8, 9):
+        raise NuwaError(f"fp8 engines need SM 8.9 or later (Ada, Hopper, Blackwell); this GPU ({name}) is SM {cc[0]}.{cc[1]}: quantize to int8 or int4 instead")
     steps = Steps(progress)
     workspace = tgt.workspace_bytes()
     out: dict[str, sc.Sidecar] = {}
@@ -118,7 +134,7 @@ def build(
         for graph in graphs_to_build(plugin):
             # strongly typed: no flags ("fp32"); the sidecar records the graph's own precision
             graph_precision = ("fp32" if graph.startswith("vision") else precision) if typed else precision
-            options = BuildOptions("fp32" if typed else precision, workspace, tgt.optimization_level, tmp / TIMING_CACHE)
+            options = BuildOptions("fp32" if typed else precision, workspace, tgt.optimization_level, tmp / TIMING_CACHE, strongly_typed=typed)
             spec = manifest.graphs[graph]
             profiles = manifest.engine_profiles[graph]
             with steps(f"build {graph} ({builder} {trt.__version__}, {graph_precision}, {len(profiles)} profile{'s' * (len(profiles) > 1)})"):

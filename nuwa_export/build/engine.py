@@ -57,13 +57,17 @@ def quiet_logger(trt):
     return _LOGGERS[trt]
 
 
-def parse(trt, onnx_path: Path):
-    """Returns ``(builder, network, parser)``; parser errors become one :class:`NuwaError`."""
+def parse(trt, onnx_path: Path, typed: bool = False):
+    """Returns ``(builder, network, parser)``; parser errors become one :class:`NuwaError`.
+    ``typed``: a strongly typed network where this TensorRT still has weakly typed ones (10.x),
+    as quantized (Q/DQ) graphs need."""
     check_utf8_path(onnx_path, "ONNX graph")  # parse_from_file takes a str that must encode as UTF-8
     logger = quiet_logger(trt)
     logger.errors.clear()  # what an earlier graph logged is not this graph's error
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) if typed else None
+    # explicit batch is the only mode in TensorRT 10+; TensorRT for RTX is strongly typed already
+    network = builder.create_network(0 if flag is None or strongly_typed(trt) else 1 << int(flag))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
@@ -79,6 +83,7 @@ class BuildOptions:
     workspace_bytes: int | None = None
     optimization_level: int | None = None
     timing_cache: Path | None = None  # read if present, written back (TensorRT; RTX has none)
+    strongly_typed: bool = False  # quantized graphs: a strongly typed network on TensorRT 10 too
 
 
 def strongly_typed(trt) -> bool:
@@ -148,7 +153,7 @@ def build_engine(
     options = options or BuildOptions()
     trt = import_tensorrt(builder)
     onnx_path = Path(onnx_path)
-    trt_builder, network, _parser = parse(trt, onnx_path)
+    trt_builder, network, _parser = parse(trt, onnx_path, options.strongly_typed)
     config = trt_builder.create_builder_config()
     set_precision(trt, config, options.precision, builder)
     if options.workspace_bytes:

@@ -26,12 +26,20 @@ class Target:
     workspace_min: int
     workspace_max: int
     optimization_level: int = 3
+    #: nuwa-quantize precisions the device runs (fp8 needs Ada / Hopper / Blackwell).
+    quantized: tuple[str, ...] = ("int8", "int4-awq", "int4-rtn")
 
     def workspace_bytes(self, system_memory: int | None = None) -> int:
         mem = system_memory if system_memory is not None else memory_bytes()
         return int(min(self.workspace_max, max(self.workspace_min, mem * self.workspace_fraction)))
 
     def check_precision(self, precision: str) -> str:
+        if precision in self.quantized:
+            return precision
+        from nuwa_export.quant import PRECISIONS
+
+        if precision in PRECISIONS:
+            raise NuwaError(f"{precision} engines do not run on the {self.name} profile ({self.description}); it runs {', '.join(self.quantized)}")
         if precision not in self.precisions:
             raise NuwaError(f"--precision {precision} is not supported on the {self.name} profile ({', '.join(self.precisions)})")
         return precision
@@ -45,10 +53,12 @@ TARGETS = {
     "thor": Target(
         "thor", "Jetson Thor (Blackwell, SM 11.0, 128 GB shared memory, JetPack 7)",
         ("fp16", "bf16", "fp32"), "fp16", ((11, 0),), 1 / 8, 4 * GIB, 16 * GIB,
+        quantized=("int8", "fp8", "int4-awq", "int4-rtn"),
     ),
     "datacenter": Target(
         "datacenter", "discrete GPUs: A100, A10, L4, L40S, H100, H200, B200 (SM 8.0+)",
         ("fp16", "bf16", "fp32"), "fp16", ((8, 0), (8, 6), (8, 9), (9, 0), (10, 0)), 1 / 4, 4 * GIB, 16 * GIB,
+        quantized=("int8", "fp8", "int4-awq", "int4-rtn"),  # fp8: SM 8.9 and later (checked against the GPU built on)
     ),
 }
 

@@ -377,6 +377,19 @@ def _check_values(m: mf.Manifest) -> None:
     say = lambda what: _fail(f"manifest.json: {what}")  # noqa: E731
     if llm.dtype not in LLM_DTYPES:
         say(f"llm.dtype is '{llm.dtype}', not one of {', '.join(LLM_DTYPES)}")
+    q = m.quantization
+    if q is not None:
+        from nuwa_export.quant import PRECISIONS
+
+        if q.precision not in PRECISIONS:
+            say(f"quantization.precision is '{q.precision}', not one of {', '.join(PRECISIONS)}")
+        for graph, info in q.graphs.items():
+            if graph not in m.graphs:
+                say(f"quantization.graphs names '{graph}', which is not one of the export's graphs")
+            if info.precision != q.precision or not isinstance(info.opset, int) or info.opset < m.opset:
+                say(f"quantization.graphs.{graph} is inconsistent (precision {info.precision}, opset {info.opset})")
+        if m.ort_graphs:  # the ort backend would run them, unquantized, instead of the quantized graphs
+            say("a quantized export lists ort_graphs; nuwa-quantize writes none")
     for field in ("num_layers", "hidden_size", "num_kv_heads", "head_dim", "vocab_size", "max_positions"):
         if getattr(llm, field) < 1:
             say(f"llm.{field} is {getattr(llm, field)}, it must be at least 1")
@@ -555,8 +568,9 @@ def check(directory: str | Path, m: mf.Manifest) -> None:
                 diff = next((r for r, g in zip(recorded, got) if (r.name, r.dtype, list(r.shape)) != (g.name, g.dtype, list(g.shape))), None)
                 name = diff.name if diff else f"{len(recorded)} vs {len(got)} {side}s"
                 _fail(f"{spec.file} does not match manifest.json {where}.{graph}.{side}s ({name})")
-        if opsets.get("", opsets.get("ai.onnx")) != m.opset:
-            _fail(f"{spec.file} uses ONNX opset {opsets.get('', '(none)')}, but manifest.json opset is {m.opset}")
+        want_opset = mf.graph_opset(m, graph) if where == "graphs" else m.opset
+        if opsets.get("", opsets.get("ai.onnx")) != want_opset:
+            _fail(f"{spec.file} uses ONNX opset {opsets.get('', '(none)')}, but manifest.json says {want_opset}")
         if where == "graphs":
             io[graph] = inputs
     _check_profiles(m, io)

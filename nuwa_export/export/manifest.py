@@ -75,6 +75,27 @@ class LlmInfo:
 
 
 @dataclass(frozen=True)
+class QuantizedGraph:
+    precision: str  # int8 | fp8 | int4-awq | int4-rtn
+    opset: int  # ModelOpt raises the opset (19 for int8 / fp8, 21 for int4)
+    source_sha256: str  # the float graph it was quantized from
+
+
+@dataclass(frozen=True)
+class QuantizationInfo:
+    """What ``nuwa-quantize`` did, and from what (the lineage)."""
+
+    precision: str
+    method: str  # ModelOpt's calibration method: max | awq_clip | rtn_dq
+    graphs: dict[str, QuantizedGraph]  # the quantized graphs; the others keep their float type
+    source_manifest_sha256: str
+    source_nuwa_export_version: str
+    tools: dict[str, str]  # package → version (nvidia-modelopt, onnxruntime, onnx)
+    calibration: dict[str, typing.Any]  # set name, sha256, requests, recorded runs per graph
+    policy: dict[str, typing.Any]  # the thresholds validation held the graphs to
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     nuwa_export_version: str
@@ -95,17 +116,28 @@ class Manifest:
     #: The ONNX Runtime graphs (``llm_prefix``, ``llm_suffix``: fused attention, in-place KV;
     #: :mod:`nuwa_export.export.fused`); empty when exported with ``--no-ort-graphs``.
     ort_graphs: dict[str, GraphSpec] = field(default_factory=dict)
+    #: Set by ``nuwa-quantize`` (:mod:`nuwa_export.quant`); absent from float exports.
+    quantization: QuantizationInfo | None = None
 
     def to_json(self) -> str:
-        """The manifest as written; optional budget keys at their defaults are left out, so a LLaVA
-        manifest reads in every nuwa-export that reads ``schema_version`` 2."""
+        """The manifest as written; optional budget keys at their defaults are left out (and
+        ``ort_graphs`` / ``quantization`` when empty), so a LLaVA manifest reads in every
+        nuwa-export that reads ``schema_version`` 2."""
         data = asdict(self)
         for f in fields(BudgetInfo):
             if f.default is not MISSING and data["budgets"][f.name] == f.default:
                 del data["budgets"][f.name]
         if not data["ort_graphs"]:
             del data["ort_graphs"]
+        if data["quantization"] is None:
+            del data["quantization"]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def graph_opset(m: Manifest, graph: str) -> int:
+    """The ONNX opset of one of the export's graphs (a quantized graph's may be higher)."""
+    q = m.quantization.graphs.get(graph) if m.quantization else None
+    return q.opset if q else m.opset
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

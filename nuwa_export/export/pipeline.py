@@ -50,7 +50,7 @@ def quiet_exporter():
             lg.setLevel(lv)
 
 
-def _graph_spec(model, file: str) -> mf.GraphSpec:
+def graph_spec(model, file: str) -> mf.GraphSpec:
     from onnx import helper
 
     def spec(v):
@@ -240,7 +240,7 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
     eos = loaded.model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [loaded.tokenizer.eos_token_id])
     graphs = {
-        name: _graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
+        name: graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
         for name, f in (("vision", VISION_FILE), ("vision_plugin", VISION_PLUGIN_FILE), ("llm_prefix", PREFIX_FILE), ("llm_suffix", SUFFIX_FILE))
     }
     common = dict(kv_heads=shapes.kv_heads, head_dim=shapes.head_dim, hidden=shapes.hidden, max_positions=tc.max_position_embeddings, max_batch=max_batch,
@@ -275,7 +275,7 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
         files={},
         validation=validation,
         ort_graphs={
-            name: _graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
+            name: graph_spec(onnx.load(str(tmp / f), load_external_data=False), f)
             for name, f in (("llm_prefix", ORT_PREFIX_FILE), ("llm_suffix", ORT_SUFFIX_FILE)) if ort_graphs
         },
     )

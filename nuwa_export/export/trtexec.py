@@ -43,12 +43,22 @@ FLOAT16_NOTE = """# The LLM graphs are float16 (nuwa-export --dtype float16), th
 """
 
 
+QUANTIZED_NOTE = """# The LLM graphs are quantized ({precision}, nuwa-quantize: ModelOpt Q/DQ nodes): they are built
+# with --stronglyTyped, so each layer runs in the types the graph gives it.
+"""
+
+
 def script(m: Manifest) -> str:
-    lines = [HEADER.format(version=__version__) + (FLOAT16_NOTE if m.llm.dtype == "float16" else "")]
+    note = FLOAT16_NOTE if m.llm.dtype == "float16" and not m.quantization else ""
+    if m.quantization:
+        note = QUANTIZED_NOTE.format(precision=m.quantization.precision)
+    lines = [HEADER.format(version=__version__) + note]
     for graph, spec in sorted(m.graphs.items()):
         profiles = m.engine_profiles[graph]
         engine = f"engines/{graph}.plan"
         build = [f"--onnx={spec.file}", f"--saveEngine={engine}", *_profile_flags(profiles)]
+        if m.quantization and graph in m.quantization.graphs:
+            build.insert(2, "--stronglyTyped")
         if graph.endswith("_plugin"):
             build.insert(1, '--staticPlugins="$PLUGIN_LIB"')
         lines.append(f"echo '== {graph}: build'")

@@ -59,12 +59,12 @@ PROFILE_CASES = {
         "beyond manifest.json llm.max_positions",
     ),
     "past-over-context": (
-        lambda p, m: [p["llm_suffix"][1][n].__setitem__(2, [1, 4, m["llm"]["max_positions"], 32]) for n in p["llm_suffix"][1] if n.startswith("past_")],
+        lambda p, m: [p["llm_suffix"][1][n].__setitem__(2, [p["llm_suffix"][1][n][2][0], 4, m["llm"]["max_positions"], 32]) for n in p["llm_suffix"][1] if n.startswith("past_")],
         "beyond manifest.json llm.max_positions - 1",
     ),
     "contradictory-seq": (_suffix_seq(0, [[1, 9, 128], [1, 55, 128], [1, 263, 128]]), "one dimension, two ranges"),
     "seq-plus-past-over-context": (
-        lambda p, m: [p["llm_suffix"][1][n].__setitem__(slice(0, 3), [[1, 2, *p["llm_suffix"][1][n][0][2:]]] * 3) for n in ("hidden_states", "position_ids")],
+        lambda p, m: [p["llm_suffix"][1][n].__setitem__(slice(0, 3), [[s[0], 2, *s[2:]] for s in p["llm_suffix"][1][n]]) for n in ("hidden_states", "position_ids")],
         "max seq 2 + max past 2047 is beyond manifest.json llm.max_positions = 2048",
     ),
 }

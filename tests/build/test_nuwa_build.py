@@ -22,7 +22,10 @@ def test_targets():
     assert TARGETS["thor"].workspace_bytes(128 * GIB) == 16 * GIB
     assert (8, 7) in orin.compute_capabilities and (11, 0) in TARGETS["thor"].compute_capabilities
     with pytest.raises(NuwaError, match="not supported on the orin profile"):
+        orin.check_precision("fp64")
+    with pytest.raises(NuwaError, match="fp8 engines do not run on the orin profile"):
         orin.check_precision("fp8")
+    assert orin.check_precision("int4-awq") == "int4-awq" and TARGETS["thor"].check_precision("fp8") == "fp8"
 
 
 @pytest.fixture(scope="module")

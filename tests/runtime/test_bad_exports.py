@@ -137,7 +137,7 @@ BROKEN = {
     "std": (_manifest(lambda m: m["preprocessing"].update(std=[0.0, 1.0, 1.0])), "preprocessing.std [0.0, 1.0, 1.0] must be positive"),
     "profile": (_manifest(lambda m: m["engine_profiles"].pop("llm_prefix")), "engine_profiles.llm_prefix is missing"),
     "no-graph": (_manifest(lambda m: m["graphs"].pop("vision_plugin")), "graphs.vision_plugin is missing"),
-    "opset": (_manifest(lambda m: m.update(opset=17)), "uses ONNX opset 18, but manifest.json opset is 17"),
+    "opset": (_manifest(lambda m: m.update(opset=17)), "uses ONNX opset 18, but manifest.json says 17"),
     "swarm-self-weight": (_manifest(lambda m: m["budgets"].update(self_weight=False)), "SwarmAggregate node (grid [16, 16], distance 280.0"),
     "swarm-percentile": (_manifest(lambda m: m["budgets"].update(percentile=0.5)), "budgets.percentile 0.5, budgets.self_weight True)"),
     "swarm-graph-grid": (_graph("vision.plugin.onnx", lambda model: next(a for n in model.graph.node if n.op_type == "SwarmAggregate"

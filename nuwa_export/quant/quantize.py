@@ -1,0 +1,270 @@
+"""``nuwa-quantize``: a float export → a quantized export directory, validated, written atomically.
+
+The LLM graphs (``llm_prefix.onnx``, ``llm_suffix.onnx``) go through NVIDIA ModelOpt's ONNX
+post-training quantization on the CPU, calibrated with the tensors they really see
+(:func:`nuwa_export.quant.calib.calibrate`). The vision graph keeps its float32 type (stage one
+ranks patches by attention, which is sensitive). Everything else is copied. The ONNX Runtime
+graphs (fused attention) are not carried over: the ort backend runs the quantized standard
+graphs. The manifest records each quantized graph's precision and opset and the lineage (the
+source manifest's sha256, tool versions, the calibration set's hash), and the validation the
+graphs passed (:mod:`nuwa_export.quant.policy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from nuwa_export.atomic import atomic_dir, check_dir_target, check_utf8_path
+from nuwa_export.errors import NuwaError
+from nuwa_export.export import manifest as mf
+from nuwa_export.progress import Steps
+from nuwa_export.quant import PRECISIONS
+from nuwa_export.quant.calib import LLM_GRAPHS
+
+#: What ``pip install`` needs for nuwa-quantize (the ``[quantize]`` extra): ModelOpt and the
+#: requirements of its ONNX extra named one by one, because ``nvidia-modelopt[onnx]`` pulls
+#: onnxruntime-gpu, which cannot sit beside the CPU onnxruntime.
+INSTALL = 'pip install "nuwa-export[quantize]" (or: pip install nvidia-modelopt onnx-graphsurgeon onnxconverter-common onnxslim polygraphy cppimport lief ml_dtypes)'
+WORK_DIR = ".work"
+TOOLS = ("nvidia-modelopt", "onnxruntime", "onnx", "onnx-graphsurgeon")
+
+
+def modelopt_quantize():
+    """ModelOpt's ``modelopt.onnx.quantization.quantize``, or one line naming what to install."""
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as e:
+        missing = getattr(e, "name", None) or "nvidia-modelopt"
+        raise NuwaError(f"nuwa-quantize needs NVIDIA ModelOpt's ONNX quantization ({missing} is missing): {INSTALL}") from None
+    return quantize
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in TOOLS:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _external_files(path: Path) -> set[str]:
+    """The external-data files a graph's initializers point at (relative names)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    out = set()
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.update(e.value for e in t.external_data if e.key == "location")
+    return out
+
+
+@contextlib.contextmanager
+def _to_log(log: Path):
+    """ModelOpt, ONNX Runtime and graphsurgeon print progress bars, warnings and an NVML error
+    on a machine without a GPU: their output (file descriptors 1 and 2) goes to ``log``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def quantize_graph(source: Path, output: Path, precision: str, reader, dtype: str, work: Path) -> None:
+    """One graph through ModelOpt (its intermediate files stay in ``work``)."""
+    quantize = modelopt_quantize()
+    mode, method, attention = PRECISIONS[precision]
+    work.mkdir(parents=True, exist_ok=True)
+    copy = work / source.name  # ModelOpt writes intermediates beside its input: never in the source export
+    shutil.copyfile(source, copy)
+    external = _external_files(source)
+    for name in external:
+        shutil.copyfile(source.parent / name, work / name)
+    log = work / "modelopt.log"
+    try:
+        with _to_log(log):
+            quantize(
+                str(copy), quantize_mode=mode, calibration_method=method, calibration_data_reader=reader,
+                calibration_eps=["cpu"], output_path=str(output), log_level="ERROR",
+                high_precision_dtype="fp32" if dtype == "float32" else "fp16",
+                use_external_data_format=bool(external), disable_mha_qdq=not attention,
+            )
+    except (KeyboardInterrupt, NuwaError):
+        raise
+    except Exception as e:  # ModelOpt's and ONNX Runtime's own errors: the graph could not be quantized
+        why = " ".join(str(e).split())[:300] or type(e).__name__
+        raise NuwaError(f"ModelOpt could not quantize {source.name} to {precision}: {why} (log: {_last_line(log) or 'empty'})") from None
+    if not output.is_file():
+        raise NuwaError(f"ModelOpt wrote no {output.name} ({_last_line(log) or 'no log'})")
+
+
+def quantize(
+    export_dir: str | Path,
+    out: str | Path,
+    precision: str,
+    calib: str | Path = "default",
+    *,
+    decode_steps: int = 1,
+    tokens: int = 8,
+    force: bool = False,
+    progress: bool = True,
+) -> mf.Manifest:
+    """Quantize the float export at ``export_dir`` into ``out`` (module doc); nothing is left at
+    ``out`` if anything fails, validation included."""
+    from nuwa_export.quant import calib as cb
+    from nuwa_export.quant import policy as qp
+
+    if precision not in PRECISIONS:
+        raise NuwaError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
+    if decode_steps < 0 or tokens < 1:
+        raise NuwaError("--decode-steps must be >= 0 and --tokens >= 1")
+    source, out = Path(export_dir), Path(out)
+    check_utf8_path(out, "--out")
+    check_dir_target(out, force=force)
+    if os.path.realpath(source) == os.path.realpath(out):
+        raise NuwaError(f"--out {out} is the export being quantized; pick another directory")
+    manifest = mf.read(source)  # every file hashed and checked
+    if manifest.quantization is not None:
+        raise NuwaError(f"{source} is already quantized ({manifest.quantization.precision}); quantize the float export it came from")
+    modelopt_quantize()  # a missing ModelOpt is one line before anything slow starts
+    calib_set = cb.load_set(calib)
+    policy = qp.policy_for(precision)
+    steps = Steps(progress)
+    src_sha = mf.sha256_file(source / mf.FILENAME)
+
+    with atomic_dir(out, force=force) as tmp:
+        work = tmp / WORK_DIR
+        with steps(f"calibrate: {len(calib_set.entries)} requests of '{calib_set.name}' through the float export (ONNX Runtime, CPU)"):
+            store, records = cb.calibrate(source, manifest, calib_set, work / "feeds", decode_steps=decode_steps, tokens=tokens)
+        mode, method, _ = PRECISIONS[precision]
+        graphs = dict(manifest.graphs)
+        quantized = {}
+        for graph in LLM_GRAPHS:
+            spec = manifest.graphs[graph]
+            reader = store.reader(graph, prefill_only=method == "awq_clip")  # AWQ concatenates runs: one shape
+            with steps(f"quantize {spec.file} (ModelOpt {mode}, {method}, {len(reader)} calibration runs)"):
+                quantize_graph(source / spec.file, tmp / spec.file, precision, reader, manifest.llm.dtype, work / graph)
+                import onnx
+
+                from nuwa_export.export.pipeline import graph_spec
+
+                model = onnx.load(str(tmp / spec.file), load_external_data=False)
+                graphs[graph] = graph_spec(model, spec.file)
+                opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+                quantized[graph] = mf.QuantizedGraph(precision, int(opset), manifest.files[spec.file].sha256)
+                del model
+        shutil.rmtree(work)
+        skip = {mf.FILENAME, "trtexec.sh"}  # both rewritten
+        for g in [*(manifest.graphs[x] for x in LLM_GRAPHS), *manifest.ort_graphs.values()]:  # replaced, or not carried over
+            skip.add(g.file)
+            skip.update(_external_files(source / g.file))
+        with steps("copy the vision graphs, embeddings, tokenizer and preprocessing"):
+            for name in manifest.files:
+                if name not in skip:
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source / name, tmp / name)
+        info = mf.QuantizationInfo(
+            precision=precision, method=method, graphs=quantized, source_manifest_sha256=src_sha,
+            source_nuwa_export_version=manifest.nuwa_export_version, tools=_versions(),
+            calibration={
+                "set": calib_set.name, "sha256": calib_set.sha256, "requests": len(calib_set.entries),
+                "decode_steps": decode_steps, "batch": len(calib_set.entries),
+                "runs": {g: len(store.reader(g, prefill_only=method == "awq_clip")) for g in LLM_GRAPHS},
+            },
+            policy=policy.as_dict(),
+        )
+        new = replace(manifest, graphs=graphs, ort_graphs={}, quantization=info, files={},
+                      validation={"vision": manifest.validation.get("vision")})
+        new = _write_manifest(new, tmp)
+        with steps(f"validate the {precision} graphs against the float export on the {len(records)} calibration requests ({tokens} tokens each)"):
+            validation = _validate(tmp, records, policy)
+        new = replace(new, validation={**new.validation, "quantized": validation})
+        (tmp / mf.FILENAME).write_text(new.to_json())
+    _summary(steps, manifest, new, out, validation)
+    return new
+
+
+def _write_manifest(m: mf.Manifest, tmp: Path) -> mf.Manifest:
+    from nuwa_export.export.trtexec import script
+    from nuwa_export.export.pipeline import TRTEXEC_FILE
+
+    (tmp / TRTEXEC_FILE).write_text(script(m))
+    (tmp / TRTEXEC_FILE).chmod(0o755)
+    names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != mf.FILENAME)
+    m = replace(m, files=mf.file_entries(tmp, names))
+    (tmp / mf.FILENAME).write_text(m.to_json())
+    return m
+
+
+def _validate(tmp: Path, records: list, policy) -> dict:
+    """The quantized pipeline (ONNX Runtime, CPU) on every calibration request, held to ``policy``."""
+    from nuwa_export.quant import policy as qp
+    from nuwa_export.runtime.pipeline import Pipeline
+
+    pipeline = Pipeline(tmp, "ort", device="cpu")  # reads and checks the new manifest and every file
+    try:
+        measures = [qp.measure(pipeline, r) for r in records]
+    finally:
+        pipeline.close()
+    summary = qp.summarize(measures, policy.near_tie)
+    checks = qp.judge(summary, policy)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise NuwaError(f"validation failed: {failed[0].stage} {failed[0].detail} for the {policy.precision} graphs; nothing was written")
+    return {"backend": "ort", "device": "cpu", "reference": "the float export", "policy": policy.as_dict(), "summary": summary,
+            "checks": [c.as_dict() for c in checks], "requests": measures}
+
+
+def _summary(steps: Steps, before: mf.Manifest, after: mf.Manifest, out: Path, validation: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"nuwa-quantize → {out}", title_justify="left")
+    for col in ("graph", "precision", "MiB before", "MiB after"):
+        table.add_column(col, justify="right" if col.startswith("MiB") else "left")
+    q = after.quantization
+    for graph, spec in after.graphs.items():
+        size = lambda m, s: sum(e.size for n, e in m.files.items() if n == s.file or n.startswith(s.file + ".")) / 2**20  # noqa: E731
+        precision = q.graphs[graph].precision if graph in q.graphs else ("float32" if graph.startswith("vision") else after.llm.dtype)
+        table.add_row(spec.file, precision, f"{size(before, before.graphs[graph]):.1f}", f"{size(after, spec):.1f}")
+    steps.console.print(table)
+    s = validation["summary"]
+    overlap = f", stage-two overlap {s['stage_two_overlap']:.2f}" if s["stage_two_overlap"] is not None else ""
+    steps.console.print(
+        f"validated against the float export on {s['requests']} calibration requests ({q.precision} policy): "
+        f"hidden at split cosine ≥ {s['hidden_cosine']:.4f} (SQNR ≥ {s['hidden_sqnr_db']:.1f} dB), logits cosine ≥ "
+        f"{s['logits_cosine']:.4f} (SQNR ≥ {s['logits_sqnr_db']:.1f} dB){overlap}, greedy tokens {s['token_agreement']:.2f} agree "
+        f"({s['tokens_identical']:.2f} identical; teacher-forced).", soft_wrap=True, highlight=False,
+    )
+
+
+def quantize_cli(args: argparse.Namespace) -> int:
+    quantize(args.export_dir, args.out, args.precision, args.calib, decode_steps=args.decode_steps, tokens=args.tokens, force=args.force)
+    return 0

@@ -1,0 +1,177 @@
+"""nuwa-quantize on the demo export: every precision quantizes, validates, builds with TensorRT for
+RTX, runs and verifies; the manifest records precision and lineage; refusals are one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from nuwa_export.cli import build_main, quantize_main, run_main, verify_main
+from nuwa_export.errors import NuwaError
+from nuwa_export.export import manifest as mf
+from nuwa_export.quant import PRECISIONS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_each_precision_is_validated_and_recorded(quantized_factory, demo_export, precision):
+    out = quantized_factory(precision)
+    m = mf.read(out)  # every file hashed, graphs checked against the manifest
+    q = m.quantization
+    assert q.precision == precision and q.method == PRECISIONS[precision][1]
+    assert set(q.graphs) == {"llm_prefix", "llm_suffix"} and "vision" not in q.graphs
+    source = mf.read(demo_export)
+    assert q.source_manifest_sha256 == mf.sha256_file(demo_export / mf.FILENAME)
+    for graph in ("llm_prefix", "llm_suffix"):
+        assert q.graphs[graph].source_sha256 == source.files[source.graphs[graph].file].sha256
+        model = onnx.load(str(out / m.graphs[graph].file), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node}
+        assert "DequantizeLinear" in ops
+        assert q.graphs[graph].opset == next(o.version for o in model.opset_import if o.domain == "")
+        assert m.graphs[graph].inputs == source.graphs[graph].inputs  # same I/O contract: the runtime is unchanged
+        assert m.graphs[graph].outputs == source.graphs[graph].outputs
+    assert (out / "vision.onnx").read_bytes() == (demo_export / "vision.onnx").read_bytes()
+    assert m.ort_graphs == {} and not any(n.endswith(".ort.onnx") for n in m.files)
+    assert not (out / ".work").exists()
+    assert q.calibration["set"] == "default" and q.calibration["requests"] == 8 and q.calibration["sha256"]
+    assert q.tools["nvidia-modelopt"]
+    v = m.validation["quantized"]
+    assert v["policy"] == q.policy and all(c["ok"] for c in v["checks"]) and len(v["requests"]) == 8
+    assert "--stronglyTyped" in (out / "trtexec.sh").read_text()
+
+
+@pytest.mark.trt_rtx
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_quantized_export_builds_runs_and_verifies(quantized_factory, precision, tmp_path, capsys):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed (pip install tensorrt-rtx-cu13)")
+    out = tmp_path / "q"
+    shutil.copytree(quantized_factory(precision), out)
+    assert build_main([str(out), "--builder", "tensorrt-rtx"]) == 0
+    sidecars = {p.name: json.loads(p.read_text()) for p in (out / "engines").glob("*.json")}
+    assert {s["graph"]: s["precision"] for s in sidecars.values()} == {"vision": "fp32", "llm_prefix": precision, "llm_suffix": precision}
+    capsys.readouterr()
+    assert run_main([str(out), "--prompt", "What is in the picture?", "--max-new-tokens", "4", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["generated_ids"]) == 4
+    assert verify_main([str(out), "--json", "--max-new-tokens", "8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["quantized"] == precision
+    stages = [c["stage"] for c in report["backends"]["ort-cpu"]]
+    assert any(s.startswith("logits, teacher-forced: cosine") for s in stages) and "stage-two indices: overlap (mean)" in stages
+
+
+def test_qwen_export_quantizes(qwen_export_factory, tmp_path):
+    from nuwa_export.quant.quantize import quantize
+
+    m = quantize(qwen_export_factory(), tmp_path / "q", "int4-awq", progress=False)
+    assert m.family == "qwen2_5_vl" and all(c["ok"] for c in m.validation["quantized"]["checks"])
+
+
+def test_calibration_tensors_come_from_one_batch_of_the_real_pipeline(demo_export, tmp_path):
+    import numpy as np
+
+    from nuwa_export.quant import calib
+
+    m = mf.read(demo_export)
+    s = calib.load_set("default")
+    store, records = calib.calibrate(demo_export, m, s, tmp_path, decode_steps=2, tokens=3)
+    assert [len(store.files[g]) for g in calib.LLM_GRAPHS] == [3, 3]  # prefill + 2 decode steps
+    prefill = store.reader("llm_prefix", prefill_only=True).get_first()
+    assert set(prefill) == {t.name for t in m.graphs["llm_prefix"].inputs}
+    n = len(s.entries)
+    assert prefill["inputs_embeds"].shape[0] == n and prefill["pad_lengths"].min() == 0 < prefill["pad_lengths"].max()
+    suffix = store.reader("llm_suffix").get_first()
+    assert suffix["hidden_states"].shape[:2] == (n, prefill["inputs_embeds"].shape[1] - m.budgets.stage_one_keep + m.budgets.stage_two_keep)
+    step = list(store.reader("llm_prefix"))[1]
+    assert step["inputs_embeds"].shape[:2] == (n, 1) and step["past_key_0"].shape[2] == prefill["inputs_embeds"].shape[1]
+    assert len(records) == n and all(len(r.generated_ids) == 3 for r in records)
+    assert not np.array_equal(records[0].split_hidden, records[1].split_hidden[:, : records[0].split_hidden.shape[1]])
+
+
+def test_validation_failure_leaves_nothing(demo_export, tmp_path, monkeypatch, capsys):
+    from nuwa_export.quant import policy
+
+    monkeypatch.setitem(policy.POLICIES, "int4-rtn", policy.QuantPolicy("int4-rtn", 0.9999, 0.9999, 1.0, 1.0, 0.0))
+    out = tmp_path / "q"
+    assert quantize_main([str(demo_export), "--precision", "int4-rtn", "--out", str(out)]) == 1
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "error" in ln]
+    assert len(err) == 1 and err[0].startswith("nuwa-quantize: error: validation failed: hidden at split: cosine")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--precision", "int3"], "argument --precision: invalid choice"),
+        (["--precision", "int8", "--calib", "nosuchset"], "no calibration set named 'nosuchset'"),
+        (["--precision", "int8", "--decode-steps", "-1"], "--decode-steps must be >= 0"),
+    ],
+)
+def test_bad_arguments_are_one_line(demo_export, tmp_path, capsys, args, message):
+    assert quantize_main([str(demo_export), "--out", str(tmp_path / "q"), *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "q").exists()
+
+
+def test_refuses_a_quantized_source_and_its_own_directory(quantized_factory, demo_export, tmp_path, capsys):
+    src = quantized_factory("int8")
+    assert quantize_main([str(src), "--precision", "int8", "--out", str(tmp_path / "q")]) == 1
+    assert "is already quantized (int8); quantize the float export it came from" in capsys.readouterr().err
+    assert quantize_main([str(demo_export), "--precision", "int8", "--out", str(demo_export), "--force"]) == 1
+    assert "is the export being quantized" in capsys.readouterr().err
+
+
+def test_without_modelopt_one_line_names_the_extra(demo_export, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_modelopt(name, *a, **k):
+        if name.startswith("modelopt"):
+            raise ImportError(f"No module named '{name}'", name=name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_modelopt)
+    assert quantize_main([str(demo_export), "--precision", "int8", "--out", str(tmp_path / "q")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install "nuwa-export[quantize]"' in err[0]
+
+
+def test_build_precision_rules(quantized_factory, demo_export, capsys):
+    from nuwa_export.build.builder import choose_precision
+    from nuwa_export.build.targets import target
+
+    with pytest.raises(NuwaError, match="quantized to int8 .*--precision fp16 needs the float export"):
+        choose_precision("fp16", target("datacenter"), True, "float32", "tensorrt-rtx", quantized="int8")
+    with pytest.raises(NuwaError, match="--precision int8 needs a quantized export: nuwa-quantize"):
+        choose_precision("int8", target("datacenter"), False, "float32", "tensorrt")
+    with pytest.raises(NuwaError, match="fp8 engines do not run on the orin profile"):
+        choose_precision(None, target("orin"), True, "float32", "tensorrt-rtx", quantized="fp8")
+    assert choose_precision(None, target("orin"), True, "float32", "tensorrt-rtx", quantized="int4-awq")[0] == "int4-awq"
+
+
+def test_manifest_refuses_quantized_export_with_ort_graphs(quantized_factory, demo_export, tmp_path):
+    from tests.runtime.test_bad_exports import _rehash
+
+    out = tmp_path / "q"
+    shutil.copytree(quantized_factory("int8"), out)
+    data = json.loads((out / mf.FILENAME).read_text())
+    data["ort_graphs"] = json.loads((demo_export / mf.FILENAME).read_text())["ort_graphs"]
+    for g in data["ort_graphs"].values():
+        shutil.copyfile(demo_export / g["file"], out / g["file"])
+        data["files"][g["file"]] = {"sha256": "", "size": 0}
+    (out / mf.FILENAME).write_text(json.dumps(data))
+    _rehash(out)
+    with pytest.raises(NuwaError, match="a quantized export lists ort_graphs"):
+        mf.read(out)
+
+
+def test_layerwise_refuses_quantized_export_in_one_line(quantized_factory, capsys):
+    pytest.importorskip("polygraphy")
+    assert verify_main([str(quantized_factory("int8")), "--layerwise"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--layerwise compares float exports only" in err[0]
