@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 #: README sections, in this order (each one only if its JSON exists).
-BENCHMARKS = ("pruning_pays", "decode_scaling", "export_vs_eager", "vision_overhead", "scale")
+BENCHMARKS = ("pruning_pays", "decode_scaling", "export_vs_eager", "vision_overhead", "quantize", "scale")
 PACKAGES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")
 
 #: A LLaVA-1.5-7B-proportioned model that fits a 2-core CPU (used by pruning_pays and export_vs_eager).
@@ -59,6 +59,17 @@ def machine() -> dict:
 
 def versions() -> dict:
     return {p: md.version(p) for p in PACKAGES}
+
+
+def tool_versions(packages) -> dict:
+    """Versions of the optional packages a benchmark used (those installed)."""
+    out = {}
+    for p in packages:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
 
 
 def machine_line(r: dict) -> str:

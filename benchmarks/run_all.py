@@ -25,6 +25,7 @@ SCRIPTS = {
     "decode_scaling": ["--runs", "5", "--warmup", "1"],
     "export_vs_eager": ["--runs", "20", "--warmup", "3"],
     "vision_overhead": ["--runs", "5", "--warmup", "1"],
+    "quantize": ["--runs", "5", "--warmup", "1"],
     "scale": ["--sizes", "7b"],
 }
 

@@ -9,8 +9,10 @@ embedding, the suffix on the reference's hidden states at the rows stage two kep
 in one layer shows in that layer and not in every later graph. The reference's layer outputs are
 captured with forward hooks on the same prefill. Comparison: polygraphy's ``SimpleCompareFunc``
 per layer, with the export's dtype policy (:data:`nuwa_export.verify.POLICIES`; float16 scales
-the absolute tolerance by each layer's RMS). The first layer whose error exceeds the tolerance
-is named.
+the absolute tolerance by each layer's RMS). Quantized exports (``nuwa-quantize``, which puts the
+exporter's scope metadata back on ModelOpt's nodes) are held to their precision's policy instead:
+each layer's cosine against the reference at least the floor for the hidden state at the split.
+The first layer whose error exceeds the tolerance is named.
 """
 
 from __future__ import annotations
@@ -38,11 +40,23 @@ class LayerCheck:
     tensor: str  # the graph tensor compared
     ok: bool
     max_abs: float
-    atol: float
+    atol: float  # float exports: the policy's tolerance (quantized exports: 0, the cosine decides)
     rtol: float
+    cosine: float | None = None  # quantized exports: against the reference, held to min_cosine
+    min_cosine: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def tolerance(self) -> str:
+        if self.min_cosine is not None:
+            return f"cosine ≥ {self.min_cosine:.4g}"
+        return f"{self.atol:.1e} or {self.rtol:.0e}·|x|"
+
+    @property
+    def error(self) -> str:
+        return f"cosine {self.cosine:.4f}" if self.cosine is not None else f"{self.max_abs:.2e}"
 
 
 def layer_tensors(model) -> dict[int, str]:
@@ -112,7 +126,10 @@ def reference_run(reference, image, prompt: str) -> dict:
 
 def compare_layers(directory: Path, manifest, run: dict, policy) -> list[LayerCheck]:
     """Every decoder layer of each LLM graph pair of the export (the standard graphs, and the
-    ONNX Runtime graphs when present) against ``run`` (:func:`reference_run`)."""
+    ONNX Runtime graphs when present) against ``run`` (:func:`reference_run`). ``policy``: the
+    float policy (:class:`nuwa_export.verify.Policy`: polygraphy's atol / rtol comparison), or a
+    quantized export's (:class:`nuwa_export.quant.policy.QuantPolicy`: each layer's cosine against
+    the reference, at least the policy's floor for the hidden state at the split)."""
     import onnx
 
     from nuwa_export.export.llm import kv_names
@@ -131,18 +148,25 @@ def compare_layers(directory: Path, manifest, run: dict, policy) -> list[LayerCh
             names = {layers[j]: local[j] for j in range(len(layers))}
             data = _feeds(feeds, graph, kv_names("past", layers), llm, in_place)
             want = {names[i]: run["layers"][i].astype(np.float32) for i in layers}
-            atol = {n: float(policy.atol_for(w)) for n, w in want.items()}
+            quantized = hasattr(policy, "min_hidden_cosine")
+            atol = {n: 0.0 if quantized else float(policy.atol_for(w)) for n, w in want.items()}
             runner = OnnxrtRunner(SessionFromOnnx(BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(path)), outputs=list(names.values())))), name="onnxruntime")
             with contextlib.redirect_stdout(io.StringIO()):
                 results = Comparator.run([runner], data_loader=[data])
                 got = results[0][1][0]
                 results = type(results)([(runner.name, [IterationResult(outputs={n: np.asarray(got[n], np.float32) for n in names.values()}, runner_name="onnxruntime")]),
                                          ("pytorch", [IterationResult(outputs=want, runner_name="pytorch")])])
-                accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=policy.rtol, check_shapes=True))
+                accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0 if quantized else policy.rtol, check_shapes=True))
             per = _per_output(accuracy, ("onnxruntime", "pytorch"))
             for i in layers:
-                r = per[names[i]]
-                checks.append(LayerCheck(i, file, names[i], bool(r), float(r.max_absdiff), atol[names[i]], policy.rtol))
+                r, name = per[names[i]], names[i]
+                if quantized:
+                    from nuwa_export.quant.policy import _cosine
+
+                    cos = _cosine(got[name], want[name])
+                    checks.append(LayerCheck(i, file, name, cos >= policy.min_hidden_cosine, float(r.max_absdiff), 0.0, 0.0, cos, policy.min_hidden_cosine))
+                else:
+                    checks.append(LayerCheck(i, file, name, bool(r), float(r.max_absdiff), atol[name], policy.rtol))
     return checks
 
 
@@ -182,34 +206,37 @@ def layerwise_cli(args, directory: Path, manifest, image) -> int:
     from nuwa_export.run import reference_for_export
     from nuwa_export.verify import policy_for
 
-    if manifest.quantization is not None:
-        raise NuwaError(
-            f"--layerwise compares float exports only: {directory} is quantized ({manifest.quantization.precision}), and ModelOpt "
-            "drops the layer metadata it reads; run it on the float export this one came from, and nuwa-verify (no --layerwise) here"
-        )
     _polygraphy()  # the missing package is named before the checkpoint loads
     reference = reference_for_export(directory, manifest, device="cpu", dtype=manifest.llm.dtype)
     run = reference_run(reference, image, args.prompt)
     del reference
     gc.collect()
-    policy = policy_for(manifest.llm.dtype)
+    if manifest.quantization is not None:
+        from nuwa_export.quant.policy import policy_for as quantized_policy
+
+        policy, policy_name = quantized_policy(manifest.quantization.precision), manifest.quantization.precision
+    else:
+        policy = policy_for(manifest.llm.dtype)
+        policy_name = policy.dtype
     checks = compare_layers(directory, manifest, run, policy)
     first = min((c for c in checks if not c.ok), key=lambda c: c.layer, default=None)
     if args.json:
-        print(json.dumps({"export": str(directory), "ok": first is None, "dtype": manifest.llm.dtype, "policy": policy.dtype,
+        print(json.dumps({"export": str(directory), "ok": first is None, "dtype": manifest.llm.dtype, "policy": policy_name,
                           "first_failing_layer": None if first is None else first.layer, "layers": [c.as_dict() for c in checks]}))
     else:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"nuwa-verify --layerwise {directory} (reference: PyTorch on the CPU, LLM in {manifest.llm.dtype}; polygraphy)", title_justify="left")
-        for col in ("layer", "graph", "ok", "max abs error", "tolerance"):
-            table.add_column(col, justify="right" if col in ("layer", "max abs error", "tolerance") else "left")
+        q = f", graphs quantized to {policy_name}" if manifest.quantization else ""
+        table = Table(title=f"nuwa-verify --layerwise {directory} (reference: PyTorch on the CPU, LLM in {manifest.llm.dtype}{q}; polygraphy)", title_justify="left")
+        error = "cosine" if manifest.quantization else "max abs error"
+        for col in ("layer", "graph", "ok", error, "tolerance"):
+            table.add_column(col, justify="right" if col in ("layer", error, "tolerance") else "left")
         for c in checks:
-            table.add_row(str(c.layer), c.graph, "[green]yes[/]" if c.ok else "[red]NO[/]", f"{c.max_abs:.2e}", f"{c.atol:.1e} or {c.rtol:.0e}·|x|")
+            table.add_row(str(c.layer), c.graph, "[green]yes[/]" if c.ok else "[red]NO[/]", c.error.removeprefix("cosine "), c.tolerance)
         Console().print(table)
         print("every decoder layer within tolerance" if first is None else
-              f"first layer beyond tolerance: layer {first.layer} ({first.graph}, max abs error {first.max_abs:.3g}, tolerance {first.atol:.2g})")
+              f"first layer beyond tolerance: layer {first.layer} ({first.graph}, {first.error}, tolerance {first.tolerance})")
     if first is not None:
         print(f"nuwa-verify: error: decoder layer {first.layer} ({first.graph}) differs from the reference", file=sys.stderr)
         return 1

@@ -93,6 +93,7 @@ class QuantizationInfo:
     tools: dict[str, str]  # package → version (nvidia-modelopt, onnxruntime, onnx)
     calibration: dict[str, typing.Any]  # set name, sha256, requests, recorded runs per graph
     policy: dict[str, typing.Any]  # the thresholds validation held the graphs to
+    block_size: int | None = None  # int4: weights per scale (128, or the largest of 64 / 32 / 16 that fits)
 
 
 @dataclass(frozen=True)

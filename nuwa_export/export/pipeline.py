@@ -230,7 +230,6 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
 
     from nuwa_export.export.llm import LlmShapes
     from nuwa_export.export.profiles import llm_profiles, vision_profiles
-    from nuwa_export.export.trtexec import script
     from nuwa_export.models.families import family_for
     from nuwa_export.models.loader import weight_files
 
@@ -279,6 +278,13 @@ def _manifest(loaded, budgets, spec, dtype: str, tmp: Path, validation: dict, ma
             for name, f in (("llm_prefix", ORT_PREFIX_FILE), ("llm_suffix", ORT_SUFFIX_FILE)) if ort_graphs
         },
     )
+    return finish(manifest, tmp)
+
+
+def finish(manifest: mf.Manifest, tmp: Path) -> mf.Manifest:
+    """Write ``trtexec.sh`` for ``manifest``, hash every file in ``tmp`` into it, write it."""
+    from nuwa_export.export.trtexec import script
+
     (tmp / TRTEXEC_FILE).write_text(script(manifest))
     (tmp / TRTEXEC_FILE).chmod(0o755)
     names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != mf.FILENAME)

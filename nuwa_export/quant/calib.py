@@ -165,29 +165,40 @@ def load_set(spec: str | Path) -> CalibSet:
 
 
 class FeedStore:
-    """Graph inputs spilled to ``directory/<graph>-NNNN.npz`` as they are recorded."""
+    """Graph inputs spilled to ``directory/<graph>-<batch>-<step>.npz`` as they are recorded."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, list[Path]] = {g: [] for g in LLM_GRAPHS}
+        self.prefills: dict[str, list[Path]] = {g: [] for g in LLM_GRAPHS}
         self.left: dict[str, int] = {}
+        self.batches = 0
 
     def begin(self, runs: int) -> None:
-        """Record the next ``runs`` runs of each LLM graph (prefill, then decode steps)."""
+        """Record the next ``runs`` runs of each LLM graph (a batch's prefill, then decode steps)."""
         self.left = {g: runs for g in LLM_GRAPHS}
+        self.step = {g: 0 for g in LLM_GRAPHS}
+        self.batches += 1
+
+    def stop(self) -> None:
+        """Record nothing more."""
+        self.left = {}
 
     def add(self, graph: str, inputs: dict) -> None:
         if self.left.get(graph, 0) <= 0:
             return
         self.left[graph] -= 1
-        file = self.directory / f"{graph}-{len(self.files[graph]):04d}.npz"
+        file = self.directory / f"{graph}-{self.batches:03d}-{self.step[graph]:03d}.npz"
         np.savez(file, **{k: v.detach().cpu().numpy() for k, v in inputs.items()})
         self.files[graph].append(file)
+        if self.step[graph] == 0:
+            self.prefills[graph].append(file)
+        self.step[graph] += 1
 
     def reader(self, graph: str, prefill_only: bool = False) -> FeedReader:
-        """The recorded runs of ``graph`` (``prefill_only``: the first, the batched prefill)."""
-        return FeedReader(self.files[graph][:1] if prefill_only else self.files[graph])
+        """The recorded runs of ``graph`` (``prefill_only``: the batches' prefills)."""
+        return FeedReader(self.prefills[graph] if prefill_only else self.files[graph])
 
 
 class FeedReader:
@@ -240,32 +251,39 @@ class RecordingBackend(Backend):
         self.inner.close()
 
 
-def calibrate(directory: Path, manifest, calib: CalibSet, work: Path, *, decode_steps: int, tokens: int):
+def calibrate(directory: Path, manifest, calib: CalibSet, work: Path, *, decode_steps: int, tokens: int, one_batch: bool = False):
     """Run ``calib`` through the float export at ``directory`` (ONNX Runtime, CPU).
 
-    Calibration tensors: every request side by side in one batch (left-padded, as the runtime
-    batches), so that the prefill inputs of each LLM graph are one tensor of one shape (ModelOpt's
-    AWQ search concatenates activations across runs); its prefill and first ``decode_steps``
-    decode steps are recorded (a :class:`FeedStore` in ``work``).
+    Calibration tensors: the requests side by side in batches of the export's ``max_batch``
+    (left-padded, as the runtime batches); the inputs of each batch's prefill and first
+    ``decode_steps`` decode steps are recorded (a :class:`FeedStore` in ``work``). ``one_batch``:
+    every request in one batch, so that each graph's prefill inputs are one tensor of one shape
+    (ModelOpt's AWQ search concatenates activations across runs); ONNX Runtime's graphs take any
+    batch (``max_batch`` bounds TensorRT's profiles), so the limit is lifted for this run only.
 
     Float records: each request alone, ``tokens`` greedy tokens, every stage kept
     (:func:`nuwa_export.verify.record`): what the quantized graphs are held to."""
+    from dataclasses import replace
+
     from nuwa_export import generation
     from nuwa_export.runtime.ort_backend import OrtBackend
     from nuwa_export.runtime.pipeline import Pipeline
     from nuwa_export.sampling import SamplingConfig
     from nuwa_export.verify import record
 
+    size = len(calib.entries) if one_batch else manifest.max_batch
+    manifest = replace(manifest, max_batch=max(size, manifest.max_batch))
     store = FeedStore(work)
     backend = RecordingBackend(OrtBackend(directory, manifest, "cpu", llm_graphs="standard"), store)
     pipeline = Pipeline(directory, backend, manifest=manifest)
     try:
-        family = pipeline.family
+        family, stages = pipeline.family, pipeline.stages()
         sampling = SamplingConfig(max_new_tokens=1 + decode_steps, stop_at_eos=False)
         requests = [generation.Request(e.load(), e.question(family), sampling) for e in calib.entries]
-        store.begin(1 + decode_steps)
-        generation.generate_batch(pipeline.stages(), requests)
-        store.begin(0)
+        for i in range(0, len(requests), size):
+            store.begin(1 + decode_steps)
+            generation.generate_batch(stages, requests[i : i + size])
+        store.stop()
         records = [record(pipeline, r.image, r.prompt, tokens) for r in requests]
     finally:
         pipeline.close()

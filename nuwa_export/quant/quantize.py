@@ -76,11 +76,12 @@ def _to_log(log: Path):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(log, "ab") as f:
+    with open(log, "ab") as f, open(log, "a", buffering=1) as text:
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):  # Python-level writers too (sys.stdout may not be fd 1)
+                yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -98,8 +99,50 @@ def _last_line(log: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def quantize_graph(source: Path, output: Path, precision: str, reader, dtype: str, work: Path) -> None:
-    """One graph through ModelOpt (its intermediate files stay in ``work``)."""
+def _restore_scopes(model, source: Path) -> bool:
+    """Put the exporter's module-scope metadata (which ModelOpt drops) back on the nodes of
+    ``model`` that keep their names from ``source``: ``nuwa-verify --layerwise`` finds each
+    decoder layer's output by it. Returns whether any node changed."""
+    import onnx
+
+    from nuwa_export.layerwise import SCOPE_KEY
+
+    scopes = {}
+    for n in onnx.load(str(source), load_external_data=False).graph.node:
+        value = next((p.value for p in n.metadata_props if p.key == SCOPE_KEY), None)
+        if value is not None:
+            scopes[n.name] = value
+    changed = False
+    for n in model.graph.node:
+        if n.name in scopes and not any(p.key == SCOPE_KEY for p in n.metadata_props):
+            n.metadata_props.add(key=SCOPE_KEY, value=scopes[n.name])
+            changed = True
+    return changed
+
+
+#: int4 block sizes tried, largest first: TensorRT needs each weight's input dimension to be whole
+#: blocks (LLaVA-7B's 4096 / 11008 and Qwen2.5-VL's 3584 / 18944 take 128; a 2752-wide MLP 64).
+INT4_BLOCKS = (128, 64, 32, 16)
+
+
+def int4_block(paths: list[Path]) -> int:
+    """The largest block size in :data:`INT4_BLOCKS` that divides the input dimension of every
+    MatMul weight in the graphs at ``paths``."""
+    import onnx
+
+    dims = set()
+    for path in paths:
+        model = onnx.load(str(path), load_external_data=False)
+        weights = {t.name: list(t.dims) for t in model.graph.initializer if len(t.dims) == 2}
+        dims.update(weights[n.input[1]][0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights)
+    for block in INT4_BLOCKS:
+        if all(d % block == 0 for d in dims):
+            return block
+    raise NuwaError(f"int4 needs every weight's input dimension to be a multiple of {INT4_BLOCKS[-1]} (TensorRT takes whole blocks only); these graphs have {sorted(dims)}")
+
+
+def quantize_graph(source: Path, output: Path, precision: str, reader, dtype: str, work: Path, block: int | None = None) -> None:
+    """One graph through ModelOpt (its intermediate files stay in ``work``); ``block``: int4's block size."""
     quantize = modelopt_quantize()
     mode, method, attention = PRECISIONS[precision]
     work.mkdir(parents=True, exist_ok=True)
@@ -116,6 +159,7 @@ def quantize_graph(source: Path, output: Path, precision: str, reader, dtype: st
                 calibration_eps=["cpu"], output_path=str(output), log_level="ERROR",
                 high_precision_dtype="fp32" if dtype == "float32" else "fp16",
                 use_external_data_format=bool(external), disable_mha_qdq=not attention,
+                **({"block_size": block} if block else {}),
             )
     except (KeyboardInterrupt, NuwaError):
         raise
@@ -139,6 +183,9 @@ def quantize(
 ) -> mf.Manifest:
     """Quantize the float export at ``export_dir`` into ``out`` (module doc); nothing is left at
     ``out`` if anything fails, validation included."""
+    import onnx
+
+    from nuwa_export.export.pipeline import finish, graph_spec
     from nuwa_export.quant import calib as cb
     from nuwa_export.quant import policy as qp
 
@@ -162,21 +209,22 @@ def quantize(
 
     with atomic_dir(out, force=force) as tmp:
         work = tmp / WORK_DIR
-        with steps(f"calibrate: {len(calib_set.entries)} requests of '{calib_set.name}' through the float export (ONNX Runtime, CPU)"):
-            store, records = cb.calibrate(source, manifest, calib_set, work / "feeds", decode_steps=decode_steps, tokens=tokens)
         mode, method, _ = PRECISIONS[precision]
+        awq = method == "awq_clip"  # AWQ concatenates calibration runs: every request in one batch, prefills only
+        with steps(f"calibrate: {len(calib_set.entries)} requests of '{calib_set.name}' through the float export (ONNX Runtime, CPU)"):
+            store, records = cb.calibrate(source, manifest, calib_set, work / "feeds", decode_steps=0 if awq else decode_steps, tokens=tokens, one_batch=awq)
+        block = int4_block([source / manifest.graphs[g].file for g in LLM_GRAPHS]) if mode == "int4" else None
         graphs = dict(manifest.graphs)
         quantized = {}
         for graph in LLM_GRAPHS:
             spec = manifest.graphs[graph]
-            reader = store.reader(graph, prefill_only=method == "awq_clip")  # AWQ concatenates runs: one shape
-            with steps(f"quantize {spec.file} (ModelOpt {mode}, {method}, {len(reader)} calibration runs)"):
-                quantize_graph(source / spec.file, tmp / spec.file, precision, reader, manifest.llm.dtype, work / graph)
-                import onnx
-
-                from nuwa_export.export.pipeline import graph_spec
-
+            reader = store.reader(graph, prefill_only=awq)
+            blocks = f", blocks of {block}" if block else ""
+            with steps(f"quantize {spec.file} (ModelOpt {mode}, {method}{blocks}, {len(reader)} calibration runs)"):
+                quantize_graph(source / spec.file, tmp / spec.file, precision, reader, manifest.llm.dtype, work / graph, block)
                 model = onnx.load(str(tmp / spec.file), load_external_data=False)
+                if _restore_scopes(model, source / spec.file):
+                    onnx.save(model, str(tmp / spec.file))  # external data (if any) stays where ModelOpt put it
                 graphs[graph] = graph_spec(model, spec.file)
                 opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
                 quantized[graph] = mf.QuantizedGraph(precision, int(opset), manifest.files[spec.file].sha256)
@@ -192,36 +240,24 @@ def quantize(
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(source / name, tmp / name)
         info = mf.QuantizationInfo(
-            precision=precision, method=method, graphs=quantized, source_manifest_sha256=src_sha,
+            precision=precision, method=method, block_size=block, graphs=quantized, source_manifest_sha256=src_sha,
             source_nuwa_export_version=manifest.nuwa_export_version, tools=_versions(),
             calibration={
                 "set": calib_set.name, "sha256": calib_set.sha256, "requests": len(calib_set.entries),
-                "decode_steps": decode_steps, "batch": len(calib_set.entries),
-                "runs": {g: len(store.reader(g, prefill_only=method == "awq_clip")) for g in LLM_GRAPHS},
+                "decode_steps": 0 if awq else decode_steps, "batches": store.batches,
+                "runs": {g: len(store.reader(g, prefill_only=awq)) for g in LLM_GRAPHS},
             },
             policy=policy.as_dict(),
         )
         new = replace(manifest, graphs=graphs, ort_graphs={}, quantization=info, files={},
                       validation={"vision": manifest.validation.get("vision")})
-        new = _write_manifest(new, tmp)
+        new = finish(new, tmp)  # trtexec.sh (with --stronglyTyped), every file hashed
         with steps(f"validate the {precision} graphs against the float export on the {len(records)} calibration requests ({tokens} tokens each)"):
             validation = _validate(tmp, records, policy)
         new = replace(new, validation={**new.validation, "quantized": validation})
         (tmp / mf.FILENAME).write_text(new.to_json())
     _summary(steps, manifest, new, out, validation)
     return new
-
-
-def _write_manifest(m: mf.Manifest, tmp: Path) -> mf.Manifest:
-    from nuwa_export.export.trtexec import script
-    from nuwa_export.export.pipeline import TRTEXEC_FILE
-
-    (tmp / TRTEXEC_FILE).write_text(script(m))
-    (tmp / TRTEXEC_FILE).chmod(0o755)
-    names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != mf.FILENAME)
-    m = replace(m, files=mf.file_entries(tmp, names))
-    (tmp / mf.FILENAME).write_text(m.to_json())
-    return m
 
 
 def _validate(tmp: Path, records: list, policy) -> dict:
@@ -251,7 +287,7 @@ def _summary(steps: Steps, before: mf.Manifest, after: mf.Manifest, out: Path, v
         table.add_column(col, justify="right" if col.startswith("MiB") else "left")
     q = after.quantization
     for graph, spec in after.graphs.items():
-        size = lambda m, s: sum(e.size for n, e in m.files.items() if n == s.file or n.startswith(s.file + ".")) / 2**20  # noqa: E731
+        size = lambda m, s: sum(e.size for n, e in m.files.items() if n.startswith(s.file)) / 2**20  # noqa: E731 - with its external data
         precision = q.graphs[graph].precision if graph in q.graphs else ("float32" if graph.startswith("vision") else after.llm.dtype)
         table.add_row(spec.file, precision, f"{size(before, before.graphs[graph]):.1f}", f"{size(after, spec):.1f}")
     steps.console.print(table)

@@ -64,3 +64,28 @@ def test_bad_sets_are_one_line(tmp_path, line, message):
 def test_unknown_set_name_lists_the_sets():
     with pytest.raises(NuwaError, match="no calibration set named 'nope' .*default"):
         calib.load_set("nope")
+
+
+def test_a_refcoco_set_built_as_calib_readme_says_quantizes_the_demo(demo_export, tmp_path):
+    """The recipe in calib/README.md, run on the RefCOCO sample beside the clone (real COCO pictures)."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "refcoco-sample"
+    if not (sample / "refcoco.json").is_file():
+        pytest.skip(f"RefCOCO sample not found at {sample}")
+    readme = (Path(__file__).resolve().parents[2] / "calib" / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    snippet = textwrap.dedent(snippet)
+    out = tmp_path / "refcoco.jsonl"
+    snippet = snippet.replace("refcoco_testA.json", str(sample / "refcoco.json")).replace("/data/coco/", f"{sample}/").replace("calib/refcoco.jsonl", str(out))
+    exec(snippet, {})
+    s = calib.load_set(str(out))
+    assert s.name == "refcoco" and len(s.entries) == 10 and all(e.ground for e in s.entries)
+
+    from nuwa_export.quant.quantize import quantize
+
+    m = quantize(demo_export, tmp_path / "q", "int8", calib=str(out), progress=False)
+    assert m.quantization.calibration["set"] == "refcoco" and m.quantization.calibration["sha256"] == s.sha256
+    assert all(c["ok"] for c in m.validation["quantized"]["checks"])
