@@ -286,3 +286,12 @@ def test_graphs_with_external_data(demo_dir, tmp_path, monkeypatch):
     data = sorted(n for n in m.files if n.startswith("llm_") and not n.endswith(".onnx"))
     assert data == ["llm_prefix.onnx_data", "llm_suffix.onnx_data"] and not (tmp_path / "q" / "llm_prefix.onnx.data").exists()
     assert all(c["ok"] for c in m.validation["quantized"]["checks"])
+
+
+def test_profile_runs_on_a_quantized_export(quantized_factory, tmp_path):
+    from nuwa_export.cli import profile_main
+
+    out = tmp_path / "p.json"
+    assert profile_main([str(quantized_factory("int4-awq")), "--runs", "1", "--warmup", "0", "--max-new-tokens", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["llm_graphs"] == "standard"  # a quantized export has no ONNX Runtime graphs
