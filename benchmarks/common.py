@@ -63,13 +63,9 @@ def versions() -> dict:
 
 def tool_versions(packages) -> dict:
     """Versions of the optional packages a benchmark used (those installed)."""
-    out = {}
-    for p in packages:
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    from nuwa_export.versions import installed
+
+    return installed(packages)
 
 
 def machine_line(r: dict) -> str:

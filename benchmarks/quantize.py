@@ -63,6 +63,7 @@ def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
         v = m.validation["quantized"]
         per[p] = {"quantize_s": round(time.perf_counter() - t, 1), "llm_mib": _mib(dirs[p], _llm_files(m)),
                   "opsets": {g: q.opset for g, q in m.quantization.graphs.items()}, "method": m.quantization.method,
+                  "block_size": m.quantization.block_size,
                   "calibration": m.quantization.calibration, "policy": v["policy"], "summary": v["summary"]}
 
     engines: dict[str, dict] = {}
@@ -139,7 +140,7 @@ def render_section(r: dict) -> str:
         for k in PRECISIONS if k in q
     )
     cal = next(per[k]["calibration"] for k in PRECISIONS if "calibration" in per[k])
-    block = next(b for b in (128, 64, 32, 16) if sz["text_hidden_size"] % b == 0 and sz["text_intermediate_size"] % b == 0)
+    block = next((per[k]["block_size"] for k in ("int4-awq", "int4-rtn") if per[k].get("block_size")), None)
     return f"""## Quantized exports (`quantize.py`)
 
 The benchmark model ({sz['text_layers']}-layer, {sz['text_hidden_size']}-wide LLM; keep {b['keep']}: K1 {b['k1']}, K2 {b['k2']}, L {b['layer']}) exported in

@@ -324,12 +324,12 @@ def quantize_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision", required=True, choices=list(PRECISIONS),
         help="int8 (W8A8, Orin / Ampere and later), fp8 (W8A8 E4M3: Ada, Hopper, Blackwell, Thor), int4-awq / int4-rtn "
-        "(4-bit weights in blocks of 128, AWQ clipping or round-to-nearest; not Turing)",
+        "(4-bit weights in blocks of 128, or 64 / 32 / 16 where the widths need it; AWQ clipping or round-to-nearest; not Turing)",
     )
     p.add_argument("--calib", default="default", metavar="SET", help="a calibration set: a name in calib/ (default: default) or a JSONL file (calib/README.md)")
     p.add_argument("--out", required=True, type=user_path, help="the quantized export directory (written atomically)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--decode-steps", type=int, default=1, metavar="N", help="decode steps per request recorded for calibration, after the prefill (default 1)")
+    p.add_argument("--decode-steps", type=int, default=1, metavar="N", help="decode steps per batch recorded for calibration, after the prefill (default 1; int4-awq uses the prefill only)")
     p.add_argument("--tokens", type=int, default=8, metavar="N", help="greedy tokens per request the validation compares (default 8)")
     p.add_argument("--version", action="version", version=f"nuwa-export {__version__}")
     return p

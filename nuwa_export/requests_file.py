@@ -52,44 +52,74 @@ def _text(value, key: str, where: str) -> str:
     return value
 
 
-def read_requests(path: str | Path, defaults: SamplingConfig) -> list[FileRequest]:
-    """Every request of ``path``, each line checked (keys, types, sampling ranges, the image's
-    header); raises :class:`NuwaError` naming the first bad line."""
-    from nuwa_export.image import image_size
-
+def jsonl_objects(path: str | Path, what: str, keys, *, comments: bool = False):
+    """``(line number, where, object)`` for every non-blank line of the JSONL file ``path`` (``what`` names it in
+    errors, e.g. "--requests"): read as UTF-8, at most :data:`MAX_LINES`, each line a JSON object
+    with no key outside ``keys``; ``comments``: lines starting with ``#`` are skipped too."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise NuwaError(f"cannot read --requests {path} ({e.strerror or type(e).__name__})") from None
+        raise NuwaError(f"cannot read {what} {path} ({e.strerror or type(e).__name__})") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark some editors write is not content
     except UnicodeDecodeError:
-        raise NuwaError(f"--requests {path} is not UTF-8 text") from None
-    out: list[FileRequest] = []
+        raise NuwaError(f"{what} {path} is not UTF-8 text") from None
+    count = 0
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+        if not line.strip() or (comments and line.lstrip().startswith("#")):
             continue
         where = f"{path} line {n}"
-        if len(out) == MAX_LINES:
+        if count == MAX_LINES:
             raise NuwaError(f"{where}: more than {MAX_LINES} requests; split the file")
         data = jsonio.loads(line, where)
         if not isinstance(data, dict):
             raise NuwaError(f"{where}: expected a JSON object like {{\"image\": \"a.jpg\", \"prompt\": \"...\"}}")
-        unknown = sorted(set(data) - set(KEYS))
+        unknown = sorted(set(data) - set(keys))
         if unknown:
-            raise NuwaError(f"{where}: unknown key {unknown[0]!r}"[:200] + f" (keys: {', '.join(KEYS)})")
-        if "image" not in data:
-            raise NuwaError(f"{where}: no \"image\"")
-        image = Path(_text(data["image"], "image", where)).expanduser()
-        if not image.is_absolute():
-            image = path.parent / image
-        ground = _text(data["ground"], "ground", where) if data.get("ground") is not None else None
-        if ground is None and "prompt" not in data:
-            raise NuwaError(f"{where}: no \"prompt\" (or \"ground\")")
-        if ground is not None and "prompt" in data:
-            raise NuwaError(f"{where}: give \"prompt\" or \"ground\", not both")
-        prompt = "" if ground is not None else _text(data["prompt"], "prompt", where)  # ground: the family words it
+            raise NuwaError(f"{where}: unknown key {unknown[0]!r}"[:200] + f" (keys: {', '.join(keys)})")
+        count += 1
+        yield n, where, data
+    if not count:
+        raise NuwaError(f"{what} {path} holds no requests")
+
+
+def image_and_question(data: dict, where: str, folder: Path, builtin: str | None = None) -> tuple[str | Path, str, str | None]:
+    """``(image, prompt, ground)`` of one request line: the image a file (relative to ``folder``)
+    whose header is checked, or ``builtin:NAME`` when ``builtin`` is that prefix; exactly one of
+    ``prompt`` and ``ground`` (``prompt`` is "" for ``ground``: the model family words it)."""
+    from nuwa_export.image import image_size
+
+    if "image" not in data:
+        raise NuwaError(f"{where}: no \"image\"")
+    name = _text(data["image"], "image", where)
+    ground = _text(data["ground"], "ground", where) if data.get("ground") is not None else None
+    if ground is None and "prompt" not in data:
+        raise NuwaError(f"{where}: no \"prompt\" (or \"ground\")")
+    if ground is not None and "prompt" in data:
+        raise NuwaError(f"{where}: give \"prompt\" or \"ground\", not both")
+    prompt = "" if ground is not None else _text(data["prompt"], "prompt", where)
+    if builtin is not None and name.startswith(builtin):
+        return name, prompt, ground
+    image = Path(name).expanduser()
+    if not image.is_absolute():
+        image = folder / image
+    if not image.is_file():
+        raise NuwaError(f"{where}: no image file {image}")
+    try:
+        image_size(image, str(image))  # exists, is an image, within the pixel limit
+    except NuwaError as e:
+        raise NuwaError(f"{where}: {e}") from None
+    return image, prompt, ground
+
+
+def read_requests(path: str | Path, defaults: SamplingConfig) -> list[FileRequest]:
+    """Every request of ``path``, each line checked (keys, types, sampling ranges, the image's
+    header); raises :class:`NuwaError` naming the first bad line."""
+    path = Path(path)
+    out: list[FileRequest] = []
+    for n, where, data in jsonl_objects(path, "--requests", KEYS):
+        image, prompt, ground = image_and_question(data, where, path.parent)
         try:
             sampling = SamplingConfig(
                 _int(data.get("max_new_tokens", defaults.max_new_tokens), "max_new_tokens", where),
@@ -102,13 +132,5 @@ def read_requests(path: str | Path, defaults: SamplingConfig) -> list[FileReques
             for flag, key in (("--max-new-tokens", "max_new_tokens"), ("--temperature", "temperature"), ("--top-p", "top_p"), ("--seed", "seed")):
                 message = message.replace(flag, key)
             raise NuwaError(message if message.startswith(where) else f"{where}: {message}") from None
-        if not image.is_file():
-            raise NuwaError(f"{where}: no image file {image}")
-        try:
-            image_size(image, str(image))  # exists, is an image, within the pixel limit
-        except NuwaError as e:
-            raise NuwaError(f"{where}: {e}") from None
         out.append(FileRequest(n, image, prompt, ground, sampling))
-    if not out:
-        raise NuwaError(f"--requests {path} holds no requests")
     return out

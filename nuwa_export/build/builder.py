@@ -105,6 +105,10 @@ def build(
     check_dir_target(directory / ENGINES_DIR, force=True)  # never replaced through a symbolic link
     tgt = target(profile)
     if precision is not None:
+        from nuwa_export.quant import PRECISIONS
+
+        if precision in PRECISIONS and manifest.quantization is None:
+            raise NuwaError(f"--precision {precision} needs a quantized export: nuwa-quantize EXPORT_DIR --precision {precision} --out DIR, then build that")
         tgt.check_precision(precision)  # an unknown precision is refused before TensorRT is imported
     lib = plugin_library(plugin_lib)
     if plugin:

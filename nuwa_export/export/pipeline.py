@@ -62,15 +62,9 @@ def graph_spec(model, file: str) -> mf.GraphSpec:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+    from nuwa_export.versions import installed
 
-    out = {}
-    for pkg in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return installed(("torch", "transformers", "onnx", "onnxscript", "onnxruntime"))
 
 
 def export(

@@ -21,7 +21,6 @@ spilled to ``.npz`` files so that a large model's KV does not have to fit in mem
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ BUILTIN = "builtin:"
 DEFAULT_SET = "default"
 #: The LLM graphs whose inputs are recorded (the vision graph stays in its float type).
 LLM_GRAPHS = ("llm_prefix", "llm_suffix")
-_KEYS = {"image", "prompt", "ground"}
+KEYS = ("image", "prompt", "ground")
 
 
 def sets_dir() -> Path:
@@ -115,52 +114,26 @@ def _sha256(path: Path) -> str:
 
 
 def load_set(spec: str | Path) -> CalibSet:
-    """Read and check a calibration set: every line one request, every image present."""
+    """Read and check a calibration set before anything slow starts: every line one request (the
+    line checks of ``nuwa-run --requests``: keys, text, the image's header), every image present."""
+    from nuwa_export.requests_file import image_and_question, jsonl_objects
+
     path = resolve(spec)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise NuwaError(f"cannot read the calibration set {path} ({e.strerror or type(e).__name__})") from None
-    h = hashlib.sha256(raw)
+    h = hashlib.sha256()
     entries = []
-    try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise NuwaError(f"{path} is not UTF-8 text") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        where = f"{path}:{number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise NuwaError(f"{where}: not JSON ({e.msg})") from None
-        if not isinstance(item, dict):
-            raise NuwaError(f"{where}: each line must be an object with \"image\" and \"prompt\" or \"ground\"")
-        unknown = sorted(set(item) - _KEYS)
-        if unknown:
-            raise NuwaError(f"{where}: unknown key \"{unknown[0]}\" (image, prompt, ground)")
-        image, texts = item.get("image"), [k for k in ("prompt", "ground") if k in item]
-        if not isinstance(image, str) or not image:
-            raise NuwaError(f"{where}: \"image\" must be a path or builtin:NAME")
-        if len(texts) != 1:
-            raise NuwaError(f"{where}: give exactly one of \"prompt\" and \"ground\"")
-        text = item[texts[0]]
-        if not isinstance(text, str) or not text.strip():
-            raise NuwaError(f"{where}: \"{texts[0]}\" must be non-empty text")
-        if image.startswith(BUILTIN):
-            builtin_image(image[len(BUILTIN):])  # an unknown name is refused here, not halfway through
+    for _, where, data in jsonl_objects(path, "the calibration set", KEYS, comments=True):
+        image, prompt, ground = image_and_question(data, where, path.parent, builtin=BUILTIN)
+        if isinstance(image, str):
+            try:
+                builtin_image(image[len(BUILTIN):])  # an unknown name is refused here, not halfway through
+            except NuwaError as e:
+                raise NuwaError(f"{where}: {e}") from None
             h.update(image.encode())
         else:
-            file = Path(image).expanduser()
-            file = file if file.is_absolute() else path.parent / file
-            if not file.is_file():
-                raise NuwaError(f"{where}: image {file} not found")
-            image = str(file.resolve())
-            h.update(_sha256(file).encode())
-        entries.append(Entry(image, **{texts[0]: text}))
-    if not entries:
-        raise NuwaError(f"the calibration set {path} has no requests")
+            image = str(image.resolve())
+            h.update(_sha256(Path(image)).encode())
+        entries.append(Entry(image, prompt if ground is None else None, ground))
+    h.update(path.read_bytes())
     return CalibSet(path.stem, path, tuple(entries), h.hexdigest())
 
 
@@ -275,7 +248,11 @@ def calibrate(directory: Path, manifest, calib: CalibSet, work: Path, *, decode_
     manifest = replace(manifest, max_batch=max(size, manifest.max_batch))
     store = FeedStore(work)
     backend = RecordingBackend(OrtBackend(directory, manifest, "cpu", llm_graphs="standard"), store)
-    pipeline = Pipeline(directory, backend, manifest=manifest)
+    try:
+        pipeline = Pipeline(directory, backend, manifest=manifest)
+    except BaseException:
+        backend.close()
+        raise
     try:
         family, stages = pipeline.family, pipeline.stages()
         sampling = SamplingConfig(max_new_tokens=1 + decode_steps, stop_at_eos=False)

@@ -51,10 +51,13 @@ class QuantPolicy:
 #: 0.977, overlap 0.93, agreement 0.98; one weight scale off by 2x in the prefix gives 0.93 / 0.86
 #: / agreement 0.64, in the suffix logits 0.88 / 0.73; positions after the image shifted by 8 a
 #: hidden cosine of 0.95 and an overlap of 0.73. int4-rtn: real 0.936 / 0.878 / agreement 0.94;
-#: broken scales 0.87 / 0.83 / 0.86 (prefix) and logits 0.84 / 0.84 (suffix).
+#: broken scales 0.87 / 0.83 / 0.86 (prefix) and logits 0.84 / 0.84 (suffix). The stage-two
+#: overlap floor of int8 / fp8 (0.75) is set by requests the graphs were not calibrated on: 0.79
+#: for real int8 graphs on 4 held-out requests (tests/quant/conftest.py), against 0.93 on the
+#: calibration requests; a random model's stage-two scores are nearly flat.
 POLICIES = {
-    "int8": QuantPolicy("int8", 0.97, 0.95, 0.80, 0.85, 0.5),
-    "fp8": QuantPolicy("fp8", 0.97, 0.95, 0.80, 0.85, 0.5),
+    "int8": QuantPolicy("int8", 0.97, 0.95, 0.75, 0.85, 0.5),
+    "fp8": QuantPolicy("fp8", 0.97, 0.95, 0.75, 0.85, 0.5),
     "int4-awq": QuantPolicy("int4-awq", 0.95, 0.90, 0.70, 0.80, 1.0),
     "int4-rtn": QuantPolicy("int4-rtn", 0.92, 0.85, 0.70, 0.80, 1.0),
 }

@@ -26,11 +26,12 @@ from nuwa_export.export import manifest as mf
 from nuwa_export.progress import Steps
 from nuwa_export.quant import PRECISIONS
 from nuwa_export.quant.calib import LLM_GRAPHS
+from nuwa_export.versions import installed
 
 #: What ``pip install`` needs for nuwa-quantize (the ``[quantize]`` extra): ModelOpt and the
 #: requirements of its ONNX extra named one by one, because ``nvidia-modelopt[onnx]`` pulls
 #: onnxruntime-gpu, which cannot sit beside the CPU onnxruntime.
-INSTALL = 'pip install "nuwa-export[quantize]" (or: pip install nvidia-modelopt onnx-graphsurgeon onnxconverter-common onnxslim polygraphy cppimport lief ml_dtypes)'
+INSTALL = 'pip install -e ".[quantize]" in the nuwa-export checkout (or: pip install nvidia-modelopt onnx-graphsurgeon onnxconverter-common onnxslim polygraphy cppimport lief ml_dtypes)'
 WORK_DIR = ".work"
 TOOLS = ("nvidia-modelopt", "onnxruntime", "onnx", "onnx-graphsurgeon")
 
@@ -43,18 +44,6 @@ def modelopt_quantize():
         missing = getattr(e, "name", None) or "nvidia-modelopt"
         raise NuwaError(f"nuwa-quantize needs NVIDIA ModelOpt's ONNX quantization ({missing} is missing): {INSTALL}") from None
     return quantize
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in TOOLS:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _external_files(path: Path) -> set[str]:
@@ -196,8 +185,9 @@ def quantize(
     source, out = Path(export_dir), Path(out)
     check_utf8_path(out, "--out")
     check_dir_target(out, force=force)
-    if os.path.realpath(source) == os.path.realpath(out):
-        raise NuwaError(f"--out {out} is the export being quantized; pick another directory")
+    here, src = Path(os.path.realpath(out.expanduser())), Path(os.path.realpath(source.expanduser()))
+    if here == src or here in src.parents or src in here.parents:
+        raise NuwaError(f"--out {out} would replace, hold or sit inside the export being quantized ({source}); pick another directory")
     manifest = mf.read(source)  # every file hashed and checked
     if manifest.quantization is not None:
         raise NuwaError(f"{source} is already quantized ({manifest.quantization.precision}); quantize the float export it came from")
@@ -241,7 +231,7 @@ def quantize(
                     shutil.copyfile(source / name, tmp / name)
         info = mf.QuantizationInfo(
             precision=precision, method=method, block_size=block, graphs=quantized, source_manifest_sha256=src_sha,
-            source_nuwa_export_version=manifest.nuwa_export_version, tools=_versions(),
+            source_nuwa_export_version=manifest.nuwa_export_version, tools=installed(TOOLS),
             calibration={
                 "set": calib_set.name, "sha256": calib_set.sha256, "requests": len(calib_set.entries),
                 "decode_steps": 0 if awq else decode_steps, "batches": store.batches,
@@ -253,19 +243,22 @@ def quantize(
                       validation={"vision": manifest.validation.get("vision")})
         new = finish(new, tmp)  # trtexec.sh (with --stronglyTyped), every file hashed
         with steps(f"validate the {precision} graphs against the float export on the {len(records)} calibration requests ({tokens} tokens each)"):
-            validation = _validate(tmp, records, policy)
+            validation = _validate(tmp, new, records, policy)
         new = replace(new, validation={**new.validation, "quantized": validation})
         (tmp / mf.FILENAME).write_text(new.to_json())
     _summary(steps, manifest, new, out, validation)
     return new
 
 
-def _validate(tmp: Path, records: list, policy) -> dict:
+def _validate(tmp: Path, manifest: mf.Manifest, records: list, policy) -> dict:
     """The quantized pipeline (ONNX Runtime, CPU) on every calibration request, held to ``policy``."""
     from nuwa_export.quant import policy as qp
     from nuwa_export.runtime.pipeline import Pipeline
 
-    pipeline = Pipeline(tmp, "ort", device="cpu")  # reads and checks the new manifest and every file
+    from nuwa_export.export import consistency
+
+    consistency.check(tmp, manifest)  # the graphs against the manifest (the files were hashed just now)
+    pipeline = Pipeline(tmp, "ort", device="cpu", manifest=manifest)
     try:
         measures = [qp.measure(pipeline, r) for r in records]
     finally:

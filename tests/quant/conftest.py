@@ -1,11 +1,8 @@
-"""The demo export quantized once per precision (session), and its float records."""
+"""The demo export quantized once per precision (session), and float records of held-out requests."""
 
 from __future__ import annotations
 
 import pytest
-
-pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[quantize]')")
-
 
 @pytest.fixture(scope="session")
 def quantized_factory(demo_export, tmp_path_factory):
@@ -23,11 +20,25 @@ def quantized_factory(demo_export, tmp_path_factory):
     return make
 
 
+#: Requests that are not in calib/default.jsonl: the policy is held on pictures and prompts the
+#: graphs were not calibrated on.
+HELD_OUT = [
+    {"image": "builtin:scene-11", "prompt": "What is the biggest object in the image?"},
+    {"image": "builtin:scene-12", "ground": "the shape at the bottom"},
+    {"image": "builtin:scene-13", "prompt": "What colors do you see?\nAnswer the question using a single word or phrase."},
+    {"image": "builtin:example", "prompt": "Is there a car in the image? Please answer yes or no."},
+]
+
+
 @pytest.fixture(scope="session")
 def float_records(demo_export, tmp_path_factory):
-    """The float export's records on calib/default.jsonl (what validation holds quantized graphs to)."""
+    """The float export's records on :data:`HELD_OUT` (what the policy tests hold quantized graphs to)."""
+    import json
+
     from nuwa_export.export import manifest as mf
     from nuwa_export.quant import calib
 
-    _, records = calib.calibrate(demo_export, mf.read(demo_export), calib.load_set("default"), tmp_path_factory.mktemp("feeds"), decode_steps=0, tokens=8)
+    d = tmp_path_factory.mktemp("held-out")
+    (d / "held-out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HELD_OUT))
+    _, records = calib.calibrate(demo_export, mf.read(demo_export), calib.load_set(str(d / "held-out.jsonl")), d / "feeds", decode_steps=0, tokens=8)
     return records

@@ -15,6 +15,7 @@ from nuwa_export.errors import NuwaError
 from nuwa_export.export import manifest as mf
 from nuwa_export.quant import PRECISIONS
 
+pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[quantize]')")
 pytestmark = pytest.mark.slow
 
 
@@ -142,8 +143,10 @@ def test_refuses_a_quantized_source_and_its_own_directory(quantized_factory, dem
     src = quantized_factory("int8")
     assert quantize_main([str(src), "--precision", "int8", "--out", str(tmp_path / "q")]) == 1
     assert "is already quantized (int8); quantize the float export it came from" in capsys.readouterr().err
-    assert quantize_main([str(demo_export), "--precision", "int8", "--out", str(demo_export), "--force"]) == 1
-    assert "is the export being quantized" in capsys.readouterr().err
+    for out in (demo_export, demo_export.parent, demo_export / "inside"):
+        assert quantize_main([str(demo_export), "--precision", "int8", "--out", str(out), "--force"]) == 1
+        assert "would replace, hold or sit inside the export being quantized" in capsys.readouterr().err
+    assert demo_export.is_dir() and not (demo_export / "inside").exists()
 
 
 def test_without_modelopt_one_line_names_the_extra(demo_export, tmp_path, monkeypatch, capsys):
@@ -159,10 +162,10 @@ def test_without_modelopt_one_line_names_the_extra(demo_export, tmp_path, monkey
     monkeypatch.setattr(builtins, "__import__", no_modelopt)
     assert quantize_main([str(demo_export), "--precision", "int8", "--out", str(tmp_path / "q")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and 'pip install "nuwa-export[quantize]"' in err[0]
+    assert len(err) == 1 and 'pip install -e ".[quantize]"' in err[0]
 
 
-def test_build_precision_rules(quantized_factory, demo_export, capsys):
+def test_build_precision_rules():
     from nuwa_export.build.builder import choose_precision
     from nuwa_export.build.targets import target
 
@@ -295,3 +298,9 @@ def test_profile_runs_on_a_quantized_export(quantized_factory, tmp_path):
     assert profile_main([str(quantized_factory("int4-awq")), "--runs", "1", "--warmup", "0", "--max-new-tokens", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["settings"]["llm_graphs"] == "standard"  # a quantized export has no ONNX Runtime graphs
+
+
+def test_build_refuses_a_quantized_precision_for_a_float_export(demo_export, capsys):
+    assert build_main([str(demo_export), "--precision", "fp8", "--profile", "orin", "--builder", "tensorrt-rtx"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision fp8 needs a quantized export: nuwa-quantize" in err[0]
