@@ -145,7 +145,7 @@ def render_section(r: dict) -> str:
 
 The benchmark model ({sz['text_layers']}-layer, {sz['text_hidden_size']}-wide LLM; keep {b['keep']}: K1 {b['k1']}, K2 {b['k2']}, L {b['layer']}) exported in
 float32, then `nuwa-quantize` to each precision with the default calibration set ({cal['requests']} requests of `calib/default.jsonl`,
-one batch, prefill and {cal['decode_steps']} decode step recorded). Times are ONNX Runtime on this CPU, the pipeline as shipped
+{cal['batches']} batch(es) of at most the export's max_batch, prefill and {cal['decode_steps']} decode step(s) recorded; int4-awq: one batch of prefills). Times are ONNX Runtime on this CPU, the pipeline as shipped
 (standard LLM graphs), {r['input']['max_new_tokens']} greedy tokens, {r['warmup']} warm-up round(s) then {r['runs']} interleaved rounds; engine sizes are
 what TensorRT for RTX builds without a GPU (nothing here can run them).
 
