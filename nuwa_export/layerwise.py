@@ -161,9 +161,9 @@ def compare_layers(directory: Path, manifest, run: dict, policy) -> list[LayerCh
             for i in layers:
                 r, name = per[names[i]], names[i]
                 if quantized:
-                    from nuwa_export.quant.policy import _cosine
+                    from nuwa_export.quant.policy import cosine
 
-                    cos = _cosine(got[name], want[name])
+                    cos = cosine(got[name], want[name])
                     checks.append(LayerCheck(i, file, name, cos >= policy.min_hidden_cosine, float(r.max_absdiff), 0.0, 0.0, cos, policy.min_hidden_cosine))
                 else:
                     checks.append(LayerCheck(i, file, name, bool(r), float(r.max_absdiff), atol[name], policy.rtol))

@@ -31,7 +31,6 @@ from nuwa_export.errors import NuwaError
 from nuwa_export.runtime.backend import Backend
 
 BUILTIN = "builtin:"
-DEFAULT_SET = "default"
 #: The LLM graphs whose inputs are recorded (the vision graph stays in its float type).
 LLM_GRAPHS = ("llm_prefix", "llm_suffix")
 KEYS = ("image", "prompt", "ground")
@@ -107,15 +106,10 @@ def resolve(spec: str | Path) -> Path:
     return named
 
 
-def _sha256(path: Path) -> str:
-    from nuwa_export.export.manifest import sha256_file
-
-    return sha256_file(path)
-
-
 def load_set(spec: str | Path) -> CalibSet:
     """Read and check a calibration set before anything slow starts: every line one request (the
     line checks of ``nuwa-run --requests``: keys, text, the image's header), every image present."""
+    from nuwa_export.export.manifest import sha256_file
     from nuwa_export.requests_file import image_and_question, jsonl_objects
 
     path = resolve(spec)
@@ -131,7 +125,7 @@ def load_set(spec: str | Path) -> CalibSet:
             h.update(image.encode())
         else:
             image = str(image.resolve())
-            h.update(_sha256(Path(image)).encode())
+            h.update(sha256_file(Path(image)).encode())
         entries.append(Entry(image, prompt if ground is None else None, ground))
     h.update(path.read_bytes())
     return CalibSet(path.stem, path, tuple(entries), h.hexdigest())

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from nuwa_export.verify import ATOL, RTOL, Check, Record, teacher_forced
+from nuwa_export.verify import Check, Record, _close, _same, teacher_forced
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,13 @@ def policy_for(precision: str) -> QuantPolicy:
     return POLICIES[precision]
 
 
-def _cosine(got, want) -> float:
+def cosine(got, want) -> float:
     g, w = np.asarray(got, np.float64).ravel(), np.asarray(want, np.float64).ravel()
     denom = np.linalg.norm(g) * np.linalg.norm(w)
     return float(g @ w / denom) if denom > 0 else float(np.array_equal(g, w))
 
 
-def _sqnr_db(got, want) -> float:
+def sqnr_db(got, want) -> float:
     g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
     noise = float(np.sum(np.square(g - w)))
     return float("inf") if noise == 0 else 10 * float(np.log10(max(float(np.sum(np.square(w))), 1e-300) / noise))
@@ -96,20 +96,19 @@ def measure(pipeline, rec: Record) -> dict:
     got_logits, want_logits = np.concatenate(f.logits), np.concatenate(rec.logits[: len(f.logits)])
     picks = [int(np.argmax(row[0])) for row in f.logits]
     gaps = [_gap(row, w, g) for g, w, row in zip(picks, rec.generated_ids, rec.logits) if g != w]
-    vision_err = float(np.max(np.abs(np.asarray(trace["vision_tokens"], np.float64) - rec.vision_tokens)))
-    vision_tol = ATOL + RTOL * float(np.max(np.abs(rec.vision_tokens)))
+    vision = _close("vision tokens", trace["vision_tokens"], rec.vision_tokens)  # float32 graph: atol/rtol 1e-4
     overlap = None
     if rec.stage_two is not None:
         overlap = len(set(f.stage_two.ravel().tolist()) & set(rec.stage_two.ravel().tolist())) / rec.stage_two.size
     return {
         "prompt": rec.prompt,
-        "vision_max_abs": vision_err,
-        "vision_ok": vision_err <= vision_tol,
-        "stage_one_identical": bool(np.array_equal(np.asarray(trace["patch_indices"]), rec.patch_indices)),
-        "hidden_cosine": _cosine(f.split_hidden, rec.split_hidden),
-        "hidden_sqnr_db": _sqnr_db(f.split_hidden, rec.split_hidden),
-        "logits_cosine": _cosine(got_logits, want_logits),
-        "logits_sqnr_db": _sqnr_db(got_logits, want_logits),
+        "vision_max_abs": vision.max_abs,
+        "vision_ok": vision.ok,
+        "stage_one_identical": _same("stage-one indices", trace["patch_indices"], rec.patch_indices).ok,
+        "hidden_cosine": cosine(f.split_hidden, rec.split_hidden),
+        "hidden_sqnr_db": sqnr_db(f.split_hidden, rec.split_hidden),
+        "logits_cosine": cosine(got_logits, want_logits),
+        "logits_sqnr_db": sqnr_db(got_logits, want_logits),
         "stage_two_overlap": overlap,
         "tokens_agreeing": sum(a == b for a, b in zip(picks, rec.generated_ids)),
         "differing_gaps": gaps,

@@ -194,16 +194,16 @@ def quantize(
     modelopt_quantize()  # a missing ModelOpt is one line before anything slow starts
     calib_set = cb.load_set(calib)
     policy = qp.policy_for(precision)
+    mode, method, _ = PRECISIONS[precision]
+    block = int4_block([source / manifest.graphs[g].file for g in LLM_GRAPHS]) if mode == "int4" else None  # refused before anything slow
     steps = Steps(progress)
     src_sha = mf.sha256_file(source / mf.FILENAME)
 
     with atomic_dir(out, force=force) as tmp:
         work = tmp / WORK_DIR
-        mode, method, _ = PRECISIONS[precision]
         awq = method == "awq_clip"  # AWQ concatenates calibration runs: every request in one batch, prefills only
         with steps(f"calibrate: {len(calib_set.entries)} requests of '{calib_set.name}' through the float export (ONNX Runtime, CPU)"):
             store, records = cb.calibrate(source, manifest, calib_set, work / "feeds", decode_steps=0 if awq else decode_steps, tokens=tokens, one_batch=awq)
-        block = int4_block([source / manifest.graphs[g].file for g in LLM_GRAPHS]) if mode == "int4" else None
         graphs = dict(manifest.graphs)
         quantized = {}
         for graph in LLM_GRAPHS:

@@ -66,9 +66,9 @@ def test_shifted_positions_are_rejected(quantized_factory, float_records, tmp_pa
 
 
 def test_figures():
-    assert qp._cosine([1.0, 0.0], [1.0, 0.0]) == 1.0 and abs(qp._cosine([1.0, 0.0], [0.0, 1.0])) < 1e-12
-    assert qp._sqnr_db([1.0, 1.0], [1.0, 1.0]) == float("inf")
-    assert abs(qp._sqnr_db(np.array([1.1, 1.0]), np.array([1.0, 1.0])) - 10 * np.log10(2 / 0.01)) < 1e-9
+    assert qp.cosine([1.0, 0.0], [1.0, 0.0]) == 1.0 and abs(qp.cosine([1.0, 0.0], [0.0, 1.0])) < 1e-12
+    assert qp.sqnr_db([1.0, 1.0], [1.0, 1.0]) == float("inf")
+    assert abs(qp.sqnr_db(np.array([1.1, 1.0]), np.array([1.0, 1.0])) - 10 * np.log10(2 / 0.01)) < 1e-9
     s = qp.summarize([
         dict(prompt="a", vision_max_abs=0.0, vision_ok=True, stage_one_identical=True, hidden_cosine=0.99, hidden_sqnr_db=20.0,
              logits_cosine=0.98, logits_sqnr_db=15.0, stage_two_overlap=1.0, tokens_agreeing=6, differing_gaps=[0.1, 0.4], tokens=8,
