@@ -44,7 +44,7 @@ PROMPT = "What is in the picture?"
 
 def bench_model(path: Path) -> Path:
     """Build the benchmark checkpoint (random weights, seed 0) at ``path``."""
-    from nuwa_export.models import demo
+    from nuwa_export.models.families.llava import demo
 
     return demo.build(path, seed=0, **BENCH_SIZES)
 
@@ -151,11 +151,12 @@ def ort_pipeline(directory: Path, spinning: bool = True, llm_graphs: str = "auto
     one on a 2-core machine. This benchmark measured that, and the backend turns spinning off since.
     ``llm_graphs``: ``auto`` (as shipped: the ONNX Runtime graphs when the export has them), ``ort`` or ``standard``.
     """
-    from nuwa_export.export import manifest as mf
+    from nuwa_export.runtime.exports import read_export
     from nuwa_export.runtime.ort_backend import OrtBackend
-    from nuwa_export.runtime.pipeline import Pipeline
+    from nuwa_export.runtime.runner import open_runner
 
-    return Pipeline(directory, OrtBackend(directory, mf.read(directory), "cpu", spinning=spinning, llm_graphs=llm_graphs))
+    manifest = read_export(directory)
+    return open_runner(directory, backend=OrtBackend(directory, manifest, "cpu", spinning=spinning, llm_graphs=llm_graphs), manifest=manifest)
 
 
 
@@ -170,7 +171,7 @@ def op_profile(directory: Path, manifest, batch: int, seq: dict[str, int], past:
     import numpy as np
     import onnxruntime as ort
 
-    from nuwa_export.export.llm import kv_names
+    from nuwa_export.names import kv_names
 
     llm, b = manifest.llm, manifest.budgets
     rng = np.random.default_rng(0)

@@ -52,7 +52,7 @@ class NumpyPath:
     every KV tensor, hidden state and logits array copied out and fed back in as NumPy."""
 
     def __init__(self, pipeline) -> None:
-        from nuwa_export.export.llm import kv_names
+        from nuwa_export.names import kv_names
 
         self.p = pipeline
         self.sessions = pipeline.backend.sessions
@@ -135,7 +135,7 @@ def time_decode_at(pipelines: dict, numpy_path: NumpyPath, length: int, steps: i
     for path in ("in_place", "concat"):
         pipeline = pipelines[path]
         stages = pipeline.stages()
-        layout = Layout(Prompt((1,), (2,), pipeline.manifest.llm.image_token_id), stages.positions)
+        layout = Layout(Prompt((1,), (2,), pipeline.manifest.llm.image_token_id), stages.plan_for(None))
         vs, pad = stages.to_device([[1], [0]])
         kv = _kv(pipeline, 1, length, path, room=steps)
         live = Live(Batch((layout,)), KVGroups(kv[0], kv[1]), vs, pad)

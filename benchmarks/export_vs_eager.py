@@ -29,7 +29,7 @@ import common  # noqa: E402
 
 NAME = "export_vs_eager"
 IMPLS = {
-    "ort": "ONNX Runtime pipeline (`Pipeline(dir, \"ort\", \"cpu\")`) on the pruned export",
+    "ort": "ONNX Runtime pipeline (`open_runner(dir, backend=\"ort\", device=\"cpu\")`) on the pruned export",
     "ort_nospin": "the same, sessions with `session.intra_op.allow_spinning = 0` (what nuwa-export ships since `pruning_pays` measured it)",
     "reference": "PyTorch reference (`Reference.generate`; sdpa attention, CLS row and L-1 row computed alone)",
     "authors": "authors'-style PyTorch: eager attention, full maps in every CLIP layer and LLM layers [0, L)",
@@ -43,7 +43,7 @@ class AuthorsEager:
         from transformers import LlavaForConditionalGeneration
 
         from nuwa_export.models.decoder import cache_keyword
-        from nuwa_export.models.llava import LlavaParts
+        from nuwa_export.models.families.llava.parts import LlavaParts
 
         model = LlavaForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32, attn_implementation="eager").eval()
         self.parts, self.b, self.o, self.image_config = LlavaParts(model), budgets, options, image_config
@@ -111,8 +111,9 @@ def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
     from nuwa_export.export.pipeline import export
     from nuwa_export.models.demo import example_picture
     from nuwa_export.models.loader import load
-    from nuwa_export.prompt import build_prompt
-    from nuwa_export.reference import Reference, StageOneOptions
+    from nuwa_export.models.families.llava import build_prompt
+    from nuwa_export.pruning.spec import StageOneSpec
+    from nuwa_export.runtime.runner import open_runner
     from nuwa_export.sampling import SamplingConfig
 
     threads = len(os.sched_getaffinity(0))
@@ -125,9 +126,9 @@ def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
     pipe = common.ort_pipeline(workdir / "pruned")
     nospin = common.ort_pipeline(workdir / "pruned", spinning=False)
     mb = manifest.budgets
-    options = StageOneOptions(mb.per_region, mb.distance, mb.percentile)
+    options = StageOneSpec(mb.per_region, mb.distance, mb.percentile, mb.self_weight)
     loaded = load(str(ckpt), dtype="float32", device="cpu")
-    reference = Reference(loaded, pipe.budgets, options)
+    reference = open_runner(loaded, budgets=(pipe.budgets, options))
     authors = AuthorsEager(ckpt, pipe.budgets, options, loaded.image_config)
     image, one = example_picture(), SamplingConfig(max_new_tokens=1, temperature=0.0)
     prompt = build_prompt(loaded.tokenizer, common.PROMPT, loaded.image_token_id)
@@ -136,9 +137,8 @@ def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
     trace: dict = {}
     r_ort = pipe.generate(image, common.PROMPT, one, trace=trace)
     r_ns = nospin.generate(image, common.PROMPT, one)
-    r_ref = reference.generate(image, common.PROMPT, one)
-    with torch.inference_mode():
-        pre = reference.prefill(reference.vision(reference.pixel_values(image)), prompt)
+    ref_trace: dict = {}
+    r_ref = reference.generate(image, common.PROMPT, one, trace=ref_trace)
     a_logits, a_s1, a_s2, _ = authors.first_token(image, prompt)
     picks = {
         "ort": (r_ort.stage_one_indices, r_ort.stage_two_indices, r_ort.generated_ids[0]),
@@ -150,7 +150,7 @@ def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
         for what, got, want in (("stage-one patches", s1, picks["reference"][0]), ("stage-two patches", s2, picks["reference"][1]), ("first token", tok, picks["reference"][2])):
             if got != want:
                 raise SystemExit(f"{k}: {what} differ from the PyTorch reference; the comparison would not be like for like")
-    ref_logits = pre.logits.numpy()
+    ref_logits = ref_trace["first_logits"].numpy()
     logit_err = {"ort": float(np.abs(trace["first_logits"] - ref_logits).max()), "authors": float(np.abs(a_logits.numpy() - ref_logits).max())}
 
     # ---- timing: warm-up, then rounds interleaving the three ------------------------------

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import roofline  # noqa: E402
 
-from nuwa_export import flops  # noqa: E402
+from nuwa_export.profile import flops# noqa: E402
 
 NAME = "pruning_pays"
 STAGES = ("vision", "prefix", "stage_two", "suffix", "prefill", "time_to_first_token", "decode_per_token")
@@ -42,7 +42,7 @@ def timed_generate(pipeline, image, sampling) -> tuple[dict, list[int], int, dic
 
 
 def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
-    from nuwa_export.export import manifest as mf
+    from nuwa_export import manifest as mf
     from nuwa_export.export.pipeline import export
     from nuwa_export.models.demo import example_picture
     from nuwa_export.models.loader import inspect_checkpoint
@@ -379,7 +379,7 @@ the LLM; the full CLIP-L tower is measured in the vision section below. Weights 
 
 It is exported twice with `nuwa_export.export.pipeline.export`: pruned with keep {bp['keep']} (K1 {bp['stage_one_keep']},
 K2 {bp['stage_two_keep']}, L {bp['stage_two_layer']}), and unpruned with `prune=False`. Both exports passed the export's own
-validation against the PyTorch reference. Both run through `Pipeline(dir, "ort", "cpu")` with the demo picture and the prompt
+validation against the PyTorch reference. Both run through `open_runner(dir, backend="ort", device="cpu")` with the demo picture and the prompt
 "{r['input']['prompt']}" ({tt} text tokens in the LLaVA template). Decoding is greedy with
 {r['input']['sampling']['max_new_tokens']} new tokens (EOS ignored). There were {r['warmup']} warm-up run(s) each, then
 {r['runs']} rounds interleaving the two exports, first with ORT's default threads, then, apart, with spinning off (below). Exports took {r['export_s']['pruned']:.0f} s (pruned) and
@@ -394,7 +394,7 @@ validation against the PyTorch reference. Both run through `Pipeline(dir, "ort",
 minima; time to first token {m['ttft_median']:.2f}×), and **{m['prefill_median_nospin']:.2f}× with the sessions as shipped** (spinning off;
 the table above is ORT's default threads, the shipped sessions' rows are below).
 
-The analytic FLOPs model is `nuwa_export/flops.py`: `8·S·H² + 4·S²·H + 4·S·H·I` per layer, with vision tokens S = {n} in
+The analytic FLOPs model is `nuwa_export/profile/flops.py`: `8·S·H² + 4·S²·H + 4·S·H·I` per layer, with vision tokens S = {n} in
 every layer (full) or K1 in layers [0, L) and K2 in [L, N) (Nüwa). The text tokens, when counted, are added to S in every layer.
 
 | model | H/I/N | text tokens | full TFLOPs | Nüwa TFLOPs | bound (full / Nüwa) |

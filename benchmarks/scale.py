@@ -1,6 +1,6 @@
 """Scale: export time and peak memory of a full-size LLaVA-1.5-7B-shaped random checkpoint in fp16 (limit 24 GiB).
 
-Builds the checkpoint locally in a child process (``nuwa_export.models.synthetic``: CLIP ViT-L/14-336,
+Builds the checkpoint locally in a child process (``nuwa_export.tools.synthetic``: CLIP ViT-L/14-336,
 Vicuna-7B shapes, vocabulary padded to 32064, random fp16 weights, seed 0, 2 GiB shards), then runs
 ``nuwa-export --model CKPT --dtype float16 --keep 64`` as a child process. Each child's peak RSS is
 its ``ru_maxrss`` (``os.wait4``); a thread also samples ``/proc/PID/status`` every 0.2 s for the
@@ -32,7 +32,7 @@ import common  # noqa: E402
 NAME = "scale"
 LIMIT_GIB = 24
 KEEP = 64
-#: ``nuwa_export.models.synthetic`` preset and shard size per ``--sizes``.
+#: ``nuwa_export.models.families.llava.synthetic`` preset and shard size per ``--sizes``.
 SIZES = {"7b": {"preset": "7b", "shard_gib": 2.0}, "small": {"preset": "small", "shard_gib": 0.001}}
 DISK_GB = {"7b": 30, "small": 0}
 SAMPLE_S = 0.2
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, workdir: Path, command: str) -> dict:
         result["build"] = None
         print(f"== reusing the checkpoint {ckpt}", flush=True)
     else:
-        build_cmd = [sys.executable, "-m", "nuwa_export.models.synthetic", str(ckpt), "--sizes", spec["preset"],
+        build_cmd = [sys.executable, "-m", "nuwa_export.tools.synthetic", str(ckpt), "--sizes", spec["preset"],
                      "--dtype", "float16", "--seed", "0", "--shard-gib", str(spec["shard_gib"])]
         print(f"== building the {args.sizes} checkpoint in {ckpt}", flush=True)
         result["build"] = build = run_measured(build_cmd, workdir / "build.log", env)
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace, workdir: Path, command: str) -> dict:
     sizes = file_sizes(ckpt)
     tc, vc = config["text_config"], config["vision_config"]
     result["checkpoint"] = {
-        "builder": "nuwa_export.models.synthetic.build_sharded (random weights, seed 0)" + (f", reused from {ckpt}" if args.checkpoint else ""),
+        "builder": "nuwa_export.models.families.llava.synthetic.build_sharded (random weights, seed 0)" + (f", reused from {ckpt}" if args.checkpoint else ""),
         "dtype": config.get("dtype", "float16"),
         "parameters": index["metadata"]["total_size"] // 2, "weights_bytes": index["metadata"]["total_size"],
         "bytes": sum(sizes.values()), "shards": len(set(index["weight_map"].values())),
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace, workdir: Path, command: str) -> dict:
     files = file_sizes(out)
     result["output"] = {"bytes": sum(files.values()), "files": files}
     result["budgets"] = manifest["budgets"]
-    result["llm_dtype"] = manifest["llm"]["dtype"]
+    result["llm_dtype"] = manifest["precision"]["io"]
     result["validation"] = manifest["validation"]
     result["validation_summary"] = validation_summary(manifest["validation"])
     result["load_average_at_end"] = list(os.getloadavg())
@@ -266,7 +266,7 @@ Largest export files: {files}."""
     how = f"built in a child process by\n\n```bash\n{_cmd(b['command'])}\n```\n" if b else "reused (`--checkpoint`).\n"
     return f"""## `scale.py`: a full-size LLaVA-1.5-7B-shaped export in fp16
 {note}
-The checkpoint has random {c['dtype']} weights (seed 0, `nuwa_export.models.synthetic.build_sharded`): {tower}
+The checkpoint has random {c['dtype']} weights (seed 0, `nuwa_export.models.families.llava.synthetic.build_sharded`): {tower}
 ({vc['num_hidden_layers']} layers, {vc['hidden_size']} wide) and {llm} ({tc['num_hidden_layers']} layers, hidden
 {tc['hidden_size']}, MLP {tc['intermediate_size']}, {tc['num_attention_heads']} heads, vocabulary {tc['vocab_size']}),
 {c['parameters']:,} parameters in {c['shards']} safetensors shards. It was {how}
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nuwa-scale-", dir="/tmp")) if own else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     if args.checkpoint and not (args.checkpoint / "model.safetensors.index.json").is_file():
-        ap.error(f"--checkpoint {args.checkpoint}: no model.safetensors.index.json (build one with nuwa_export.models.synthetic)")
+        ap.error(f"--checkpoint {args.checkpoint}: no model.safetensors.index.json (build one with python -m nuwa_export.tools.synthetic)")
     need = DISK_GB[args.sizes] // (2 if args.checkpoint else 1)
     free = shutil.disk_usage(workdir).free / 1e9
     if free < need:

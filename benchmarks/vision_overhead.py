@@ -28,13 +28,16 @@ from torch import nn
 from nuwa_export.export import ops
 from nuwa_export.export.pipeline import quiet_exporter
 from nuwa_export.export.validate import validate_vision
-from nuwa_export.export.vision import TRACE_BATCH, StageOneSpec, VisionGraph, stage_one_spec, trace
+from nuwa_export.export.vision import TRACE_BATCH, VisionGraph, trace
 from nuwa_export.image import preprocess
 from nuwa_export.models import demo
-from nuwa_export.models.llava import LlavaParts, cls_attention_row
+from nuwa_export.models.families.llava import demo as llava_demo
+from nuwa_export.models.families.llava.parts import LlavaParts, cls_attention_row
 from nuwa_export.models.loader import load
 from nuwa_export.pruning import Budgets, alignment, resolve_budgets, separation, stage_one
-from nuwa_export.reference import Reference, StageOneOptions
+from nuwa_export.pruning.spec import StageOneSpec, stage_one_spec
+from nuwa_export.runtime.reference import Reference
+from nuwa_export.runtime.runner import open_runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -143,8 +146,12 @@ def export_nuwa(parts: LlavaParts, budgets: Budgets, spec: StageOneSpec, referen
     """``vision.onnx`` exactly as ``nuwa-export`` builds it (``VisionGraph`` + ``trace``), validated."""
     import onnx
 
+    from nuwa_export.export.llm import contract_of
+    from nuwa_export.precision import Precision
+
+    _, contract = contract_of(parts, budgets.layer, budgets.k1, Precision.of("float32"))
     with quiet_exporter():
-        model, _plugin = trace(VisionGraph(parts, budgets, spec), parts.image_size)
+        model, _plugin = trace(VisionGraph(parts, budgets, spec), contract.graphs["vision"])
     onnx.save(model, path)
     return validate_vision(path, reference)
 
@@ -299,12 +306,12 @@ def run(runs: int, warmup: int, workdir: Path, command: str) -> dict:
     threads = len(os.sched_getaffinity(0))
     torch.manual_seed(0)
     torch.set_num_threads(threads)
-    ckpt = demo.build(workdir / "llava-vitl336", seed=0, **SIZES)
+    ckpt = llava_demo.build(workdir / "llava-vitl336", seed=0, **SIZES)
     loaded = load(str(ckpt), dtype="float32", device="cpu")
     parts = loaded.parts
     budgets = resolve_budgets(parts.num_patches, parts.num_layers, keep=KEEP)
     spec = stage_one_spec(budgets, parts.grid, None, 280.0, 0.55)
-    reference = Reference(loaded, budgets, StageOneOptions(spec.per_region, spec.distance, spec.percentile))
+    reference = open_runner(loaded, budgets=(budgets, spec))
     paths, validation = export_graphs(parts, budgets, spec, reference, workdir)
 
     pixels = torch.from_numpy(preprocess(demo.example_picture(), loaded.image_config))[None]

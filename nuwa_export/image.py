@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from nuwa_export import jsonio
+from nuwa_export import jsonio, names
 from nuwa_export.errors import NuwaError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -49,7 +49,7 @@ class ImageConfig:
         The llava-hf checkpoints ship a CLIP processor config without ``do_pad``; LLaVA-1.5 was
         trained on padded images and grounding depends on it, so padding is the default.
         """
-        file = Path(path) / "preprocessor_config.json"
+        file = Path(path) / names.PREPROCESSOR_CONFIG
         try:
             raw = jsonio.read(file) if file.is_file() else {}
             crop = raw.get("crop_size") or {}

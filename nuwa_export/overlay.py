@@ -3,7 +3,7 @@
 The patch grid lives on the preprocessed ``S×S`` picture. LLaVA-1.5 pads the image to a square
 first (:func:`nuwa_export.image.padded_geometry`), so patch ``p = row·W + col`` is mapped back
 through the resize and the padding to original pixels, like grounding boxes
-(:mod:`nuwa_export.eval.grounding`). Patches that lie wholly in the padding are not drawn; the
+(:func:`nuwa_export.boxes.to_pixels`). Patches that lie wholly in the padding are not drawn; the
 legend counts them.
 
 What is drawn:
@@ -30,6 +30,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from nuwa_export.atomic import check_output_file, write_file
+from nuwa_export.boxes import Box
 from nuwa_export.errors import NuwaError
 from nuwa_export.image import ImageConfig, padded_geometry
 
@@ -40,8 +41,7 @@ SURVIVOR = (255, 0, 200)
 LEGEND_BG = (24, 24, 24)
 #: Images whose long side is shorter than this are enlarged by an integer factor.
 MIN_SIDE = 448
-
-Box = tuple[float, float, float, float]
+BOX = (255, 40, 40)
 
 
 def save_format(path: str | Path) -> str:
@@ -224,3 +224,15 @@ def _entries(grid, stage_one, stage_two, pillars, layer, hidden: int) -> list[tu
 def _save(image: Image.Image, path: Path) -> Path:
     check_output(path)
     return write_file(path, lambda tmp: image.save(tmp, format=save_format(path)))
+
+
+def draw_box(image: Image.Image, box_px: Box, path: str | Path, label: str = "") -> Path:
+    """Save ``image`` with ``box_px`` (pixels of ``image``) drawn and labelled, atomically."""
+    path = check_output(path)  # a format Pillow cannot write is one line (nuwa-run checks it before the model runs too)
+    out = image.convert("RGB").copy()
+    d = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 200))
+    d.rectangle(box_px, outline=BOX, width=width)
+    if label:
+        d.text((box_px[0] + width + 2, box_px[1] + width + 2), label, fill=BOX)
+    return write_file(path, lambda tmp: out.save(tmp, format=save_format(path)))

@@ -1,14 +1,12 @@
-"""Prompts split around the image: LLaVA-1.5's ``USER: <image>\\n{prompt} ASSISTANT:``, and a
-tokenizer's own chat template (Qwen2.5-VL)."""
+"""Prompts split around the image: the token ids before and after it, and the checks every family's
+template shares. A family words its own template (LLaVA-1.5's fixed string); a tokenizer's own
+chat template is used by :func:`build_chat_prompt` (Qwen2.5-VL's)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from nuwa_export.errors import NuwaError
-
-IMAGE_TOKEN = "<image>"
-TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
 
 @dataclass(frozen=True)
@@ -34,13 +32,9 @@ def check_text(text: str, what: str) -> None:
         raise NuwaError(f"{what} is not valid UTF-8 text (character {e.start + 1} is an undecodable byte)") from None
 
 
-def build_prompt(tokenizer, text: str, image_token_id: int) -> Prompt:
-    """Tokenize ``text`` in the LLaVA-1.5 template (BOS included) and find the image slot."""
-    _check_question(tokenizer, text, image_token_id, IMAGE_TOKEN)
-    return _split(list(tokenizer(TEMPLATE.format(prompt=text)).input_ids), image_token_id, "the tokenized prompt")
-
-
-def _check_question(tokenizer, text: str, image_token_id: int, image_token: str) -> None:
+def check_question(tokenizer, text: str, image_token_id: int, image_token: str) -> None:
+    """Refuse an empty or non-UTF-8 question, one with the image token in it, and a tokenizer
+    that does not map ``image_token`` to the model's image token id."""
     if not text.strip():
         raise NuwaError("--prompt is empty")
     check_text(text, "the prompt")
@@ -53,7 +47,8 @@ def _check_question(tokenizer, text: str, image_token_id: int, image_token: str)
         )
 
 
-def _split(ids: list[int], image_token_id: int, what: str) -> Prompt:
+def split_at_image(ids: list[int], image_token_id: int, what: str) -> Prompt:
+    """``ids`` split at their one image token (``what`` names them in the error)."""
     slots = [i for i, t in enumerate(ids) if t == image_token_id]
     if len(slots) != 1:
         raise NuwaError(f"no image placeholder possible: {what} has {len(slots)} image tokens, expected 1")
@@ -64,20 +59,20 @@ def _split(ids: list[int], image_token_id: int, what: str) -> Prompt:
 def build_chat_prompt(tokenizer, text: str, image_token_id: int, image_token: str) -> Prompt:
     """Tokenize ``text`` after one image in the tokenizer's own chat template (a user turn and
     the generation prompt; Qwen2.5-VL's) and find the image slot (``image_token``, once)."""
-    _check_question(tokenizer, text, image_token_id, image_token)
+    check_question(tokenizer, text, image_token_id, image_token)
     if not getattr(tokenizer, "chat_template", None):
         raise NuwaError("the checkpoint's tokenizer has no chat template (tokenizer_config.json or chat_template.jinja)")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return _split(list(tokenizer(rendered, add_special_tokens=False).input_ids), image_token_id, "the chat template")
+    return split_at_image(list(tokenizer(rendered, add_special_tokens=False).input_ids), image_token_id, "the chat template")
 
 
-def check_context(prompt: Prompt, num_patches: int, max_new_tokens: int, limit: int) -> None:
-    """Positions run to ``b + num_patches + c + max_new_tokens`` whatever is pruned (``num_patches``:
-    the positions the image spans, ``max(H, W)`` for M-RoPE): refuse past ``limit``."""
-    need = len(prompt.before) + num_patches + len(prompt.after) + max_new_tokens
+def check_context(prompt: Prompt, span: int, max_new_tokens: int, limit: int) -> None:
+    """Positions run to ``b + span + c + max_new_tokens`` whatever is pruned (``span``: the
+    positions the image takes, ``ImagePlan.span``): refuse past ``limit``."""
+    need = len(prompt.before) + span + len(prompt.after) + max_new_tokens
     if need > limit:
         raise NuwaError(
-            f"prompt ({len(prompt.before) + len(prompt.after)} tokens + {num_patches} image positions) plus "
+            f"prompt ({len(prompt.before) + len(prompt.after)} tokens + {span} image positions) plus "
             f"{max_new_tokens} new tokens needs {need} positions; the model's context is {limit}"
         )

@@ -14,9 +14,9 @@ Parts (each in its own process, under its own time budget; the whole run stays u
   tolerances. Needs a CUDA device.
 - ``reference``: a LLaVA-1.5-7B-shaped model with random weights (seeded), built directly on the
   device from ``synthetic.build_config`` (nothing written to disk) and wrapped like
-  ``loader.load``. Prefill time pruned (keep 64) and unpruned, decode tokens/s at batch 1
-  (``Reference.decode_step``) and batch 8 (8 lock-step streams, one batched forward of the
-  reference's layers per step), peak CUDA memory.
+  ``loader.load``. Prefill time pruned (keep 64) and unpruned, decode tokens/s at batch 1 and
+  batch 8 (8 lock-step streams), all through the generation core's own steps
+  (``generation.prefill``, ``generation.step``) on the reference's stages; peak CUDA memory.
 - ``eager``: time to first token of the authors'-style eager pipeline
   (``benchmarks/export_vs_eager.AuthorsEager``: eager attention, full maps in every CLIP layer
   and in LLM layers [0, L)) against ours (``Reference``: sdpa, CLS row and L-1 row alone) on the
@@ -437,8 +437,8 @@ def build_model(args, rec: "Recorder"):
     from transformers.utils import logging as hf_logging
 
     from nuwa_export.image import ImageConfig
-    from nuwa_export.models import synthetic
-    from nuwa_export.models.llava import LlavaParts
+    from nuwa_export.models.families.llava import synthetic
+    from nuwa_export.models.families.llava.parts import LlavaParts
     from nuwa_export.models.loader import LoadedModel
 
     hf_logging.set_verbosity_error()
@@ -501,35 +501,36 @@ def reset_peak(torch, device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def cache_groups(cache, layer: int, num_layers: int) -> dict:
-    """The distinct KV lengths in layers [0, L) and in [L, N): one value each when every layer of a
-    group holds the same number of entries, as the two-group cache must."""
-    first = {cache.length(i) for i in range(layer)}
-    second = {cache.length(i) for i in range(layer, num_layers)}
+def cache_groups(kv, layer: int, num_layers: int) -> dict:
+    """The distinct KV lengths in layers [0, L) and in [L, N) (``kv``: the generation core's two
+    KV groups): one value each when every layer of a group holds the same number of entries."""
+    first = {kv.prefix.length(i) for i in range(layer)}
+    second = {kv.suffix.length(i) for i in range(layer, num_layers)}
     return {"layers_0_to_L-1": sorted(first), "layers_L_to_N-1": sorted(second)}
 
 
 # ---- part: reference --------------------------------------------------------------------------
 def part_reference(rec: "Recorder", args, deadline: float) -> None:
-    require_pillow("nuwa_export.reference imports nuwa_export.image")
+    require_pillow("nuwa_export.runtime.reference imports nuwa_export.image")
     rec.phase("build model")
     torch, device, sync, loaded = build_model(args, rec)
+    from nuwa_export import generation
+    from nuwa_export.generation import Batch, Live, layout_for
     from nuwa_export.models.demo import example_picture
-    from nuwa_export.models.decoder import KVCache
-    from nuwa_export.prompt import build_prompt
-    from nuwa_export.pruning import resolve_budgets
-    from nuwa_export.reference import Reference, StageOneOptions
+    from nuwa_export.pruning import BudgetRequest
+    from nuwa_export.runtime.runner import open_runner
 
     mode = "tiny" if args.tiny else "full"
     (pw, pr), (dw, dr) = RUNS[mode]["prefill"], RUNS[mode]["decode"]
     parts = loaded.parts
-    prompt = build_prompt(loaded.tokenizer, PROMPT, loaded.image_token_id)
-    nb, nc = len(prompt.before), len(prompt.after)
     keep = keep_for(parts.num_patches, args.tiny)
-    budgets = {"pruned": resolve_budgets(parts.num_patches, parts.num_layers, keep=keep),
-               "unpruned": resolve_budgets(parts.num_patches, parts.num_layers, prune=False)}
-    options = StageOneOptions()
-    refs = {k: Reference(loaded, b, options) for k, b in budgets.items()}
+    requests = {"pruned": BudgetRequest(keep=keep), "unpruned": BudgetRequest(prune=False)}
+    refs = {k: open_runner(loaded, budgets=r) for k, r in requests.items()}
+    budgets = {k: ref.budgets for k, ref in refs.items()}
+    stages = {k: ref.stages() for k, ref in refs.items()}
+    layout = layout_for(stages["pruned"], PROMPT, 1 + RUNS[mode]["decode"][0] + RUNS[mode]["decode"][1])
+    prompt = layout.prompt
+    nb, nc = len(prompt.before), len(prompt.after)
     pixels = refs["pruned"].pixel_values(example_picture())
     rec.data["input"] = {"image": "the demo's example picture (320x240), LLaVA-1.5 preprocessing",
                          "prompt": PROMPT, "text_tokens": nb + nc,
@@ -550,14 +551,16 @@ def part_reference(rec: "Recorder", args, deadline: float) -> None:
     with torch.inference_mode():
         for label, b in budgets.items():
             rec.phase(f"prefill {label}")
-            ref = refs[label]
+            ref, st = refs[label], stages[label]
+            batch = Batch((generation.Layout(prompt, ref.plan),))
             reset_peak(torch, device)
             v_ms, vision, ex_v = timed(lambda ref=ref: ref.vision(pixels), sync, pw, pr, deadline)
-            p_ms, pre, ex_p = timed(lambda ref=ref, vision=vision: ref.prefill(vision, prompt), sync, pw, pr, deadline)
+            p_ms, pre, ex_p = timed(lambda st=st, batch=batch, vision=vision: generation.prefill(st, batch, vision.tokens, vision.indices, st.clock()),
+                                    sync, pw, pr, deadline)
             if ex_v or ex_p:
                 exhausted.append(f"prefill {label}")
             tokens_k1 = int(vision.tokens.shape[1])
-            kv = cache_groups(pre.cache, b.layer, b.num_layers)
+            kv = cache_groups(pre.kv, b.layer, b.num_layers)
             want_k1 = b.k1 if b.prune else b.num_patches
             want_k2 = b.k2 if b.prune else b.num_patches
             check(f"{label}: vision tokens entering the LLM", tokens_k1, want_k1)
@@ -567,13 +570,13 @@ def part_reference(rec: "Recorder", args, deadline: float) -> None:
                   b.k2 if b.prune else None)
             logits = pre.logits
             prefill[label] = {
-                "what": ("Reference.vision(pixels) (tower, stage one, projector) and Reference.prefill(vision, prompt) "
-                         "(layers [0, L), stage two, layers [L, N), logits), each timed alone with synchronisation"),
+                "what": ("Reference.vision(pixels) (tower, stage one, projector) and generation.prefill on the reference's "
+                         "stages (layers [0, L), stage two, layers [L, N), logits), each timed alone with synchronisation"),
                 "vision_ms": stats(v_ms), "prefill_ms": stats(p_ms),
                 "vision_plus_prefill_median_ms": round(statistics.median(v_ms) + statistics.median(p_ms), 3),
                 "warmup": pw, "vision_tokens": tokens_k1,
                 "stage_two_tokens": None if pre.stage_two is None else int(pre.stage_two.shape[1]),
-                "kv_lengths": kv, "kv_cache_bytes": pre.cache.nbytes(),
+                "kv_lengths": kv, "kv_cache_bytes": st.past_bytes(pre.kv.prefix) + st.past_bytes(pre.kv.suffix),
                 "first_token": int(logits.argmax(dim=-1)[0]), "logits_finite": bool(torch.isfinite(logits).all()),
                 "memory": memory_record(torch, device), "budget_exhausted": ex_v or ex_p,
             }
@@ -584,44 +587,29 @@ def part_reference(rec: "Recorder", args, deadline: float) -> None:
         rec.data["decode"] = decode
         gen = torch.Generator().manual_seed(SEED)
         for label, b in budgets.items():
-            ref = refs[label]
+            ref, st = refs[label], stages[label]
             vision = ref.vision(pixels)
             for batch in (1, 8):
                 rec.phase(f"decode {label} batch {batch}")
                 reset_peak(torch, device)
-                pre = ref.prefill(vision, prompt)
-                start_kv = cache_groups(pre.cache, b.layer, b.num_layers)
+                pre = generation.prefill(st, Batch((generation.Layout(prompt, ref.plan),)), vision.tokens, vision.indices, st.clock())
+                start_kv = cache_groups(pre.kv, b.layer, b.num_layers)
                 first = int(pre.logits.argmax(dim=-1)[0])
-                if batch == 1:
-                    cache, state = pre.cache, {"token": first, "i": 0}
+                rows = torch.zeros(batch, dtype=torch.long, device=device)  # the prefill's row, copied batch times
+                live = Live(Batch((generation.Layout(prompt, ref.plan),) * batch), pre.kv.take(st, rows), pre.vision_start[rows], pre.pad[rows])
+                tokens = [first] + torch.randint(3, len(loaded.tokenizer), (batch - 1,), generator=gen).tolist()
+                state = {"tokens": tokens, "i": 0}
 
-                    def step(ref=ref, pre=pre, state=state):
-                        logits = ref.decode_step(state["token"], pre.next_position + state["i"], pre.cache)
-                        state["token"] = int(logits.argmax(dim=-1)[0])
-                        state["i"] += 1
-                    what = ("Reference.decode_step per token, greedy; the argmax is copied to the host every step, as "
-                            "Reference.generate does; tokens/s = 1000 / median step ms")
-                else:
-                    cache = KVCache()
-                    for i in pre.cache.keys:
-                        cache.keys[i] = pre.cache.keys[i].expand(batch, -1, -1, -1).contiguous()
-                        cache.values[i] = pre.cache.values[i].expand(batch, -1, -1, -1).contiguous()
-                    tokens = torch.randint(3, len(loaded.tokenizer), (batch, 1), generator=gen).to(device)
-                    tokens[0, 0] = first
-                    state = {"tokens": tokens, "i": 0}
-
-                    def step(ref=ref, pre=pre, cache=cache, state=state, batch=batch):
-                        hidden = parts.embed(state["tokens"])
-                        pos = torch.full((batch, 1), pre.next_position + state["i"], device=device, dtype=torch.long)
-                        logits = parts.logits(parts.run_layers(hidden, pos, cache, 0, parts.num_layers))
-                        state["tokens"] = logits.argmax(dim=-1, keepdim=True)
-                        state["i"] += 1
-                    what = (f"{batch} streams decoding in lock-step: per step one batched forward through "
-                            "LlavaParts.run_layers over all N layers (the code path of Reference.decode_step; the "
-                            "reference itself has no batched decode) and the greedy argmax on the device; the KV cache "
-                            f"is the batch-1 prefill's copied {batch} times (its two groups: b+K1+c entries in layers "
-                            "[0, L), b+K2+c in [L, N)); streams start from different tokens; "
-                            f"tokens/s = {batch} * 1000 / median step ms")
+                def step(st=st, live=live, state=state):
+                    logits = generation.step(st, live, state["tokens"], state["i"])
+                    state["tokens"] = st.to_host(logits.argmax(dim=-1)).tolist()
+                    state["i"] += 1
+                what = (f"{batch} stream{'s' * (batch > 1)} decoding in lock-step through generation.step (the generation "
+                        "core's decode step: both KV groups, each with its own length) on the reference's stages and the "
+                        "greedy argmax, its ids copied to the host every step as the core does; the KV cache is the batch-1 "
+                        f"prefill's (its two groups: b+K1+c entries in layers [0, L), b+K2+c in [L, N))"
+                        + (f" copied {batch} times; streams start from different tokens" if batch > 1 else "")
+                        + f"; tokens/s = {batch} * 1000 / median step ms")
                 s_ms, _, ex = timed(step, sync, dw, dr, deadline)
                 if ex:
                     exhausted.append(f"decode {label} batch {batch}")
@@ -631,7 +619,7 @@ def part_reference(rec: "Recorder", args, deadline: float) -> None:
                     "step_ms": stats(s_ms), "tokens_per_s": round(batch * 1000.0 / median, 3),
                     "memory": memory_record(torch, device), "budget_exhausted": ex,
                 }
-                del cache, state, pre
+                del live, state, pre
                 rec.save()
             if time.monotonic() < deadline:
                 decode[f"{label}_generate_batch"] = generate_batch_record(torch, device, ref, example_picture(), 16 if not args.tiny else 4)
@@ -711,7 +699,7 @@ def authors_on_model(model, budgets, options, image_config, device):
     from export_vs_eager import AuthorsEager
 
     from nuwa_export.models.decoder import cache_keyword
-    from nuwa_export.models.llava import LlavaParts
+    from nuwa_export.models.families.llava.parts import LlavaParts
 
     class AuthorsOnModel(AuthorsEager):
         def __init__(self) -> None:  # noqa: D401 - see authors_on_model
@@ -736,25 +724,27 @@ def part_eager(rec: "Recorder", args, deadline: float) -> None:
     require_pillow("the authors'-style pipeline preprocesses a PIL image")
     rec.phase("build model")
     torch, device, sync, loaded = build_model(args, rec)
+    from nuwa_export import generation
+    from nuwa_export.generation import Batch, layout_for
     from nuwa_export.models.demo import example_picture
-    from nuwa_export.prompt import build_prompt
-    from nuwa_export.pruning import resolve_budgets
-    from nuwa_export.reference import Reference, StageOneOptions
+    from nuwa_export.pruning import BudgetRequest
+    from nuwa_export.runtime.runner import open_runner
 
     mode = "tiny" if args.tiny else "full"
     warm, runs = RUNS[mode]["ttft"]
     parts, net = loaded.parts, loaded.model
-    b = resolve_budgets(parts.num_patches, parts.num_layers, keep=keep_for(parts.num_patches, args.tiny))
-    ref = Reference(loaded, b, StageOneOptions())
+    ref = open_runner(loaded, budgets=BudgetRequest(keep=keep_for(parts.num_patches, args.tiny)))
+    b, st = ref.budgets, ref.stages()
     options = ref.spec  # the defaults filled in: the authors' pipeline reads per_region, distance, percentile
     image = example_picture()
-    prompt = build_prompt(loaded.tokenizer, PROMPT, loaded.image_token_id)
+    layout = layout_for(st, PROMPT, 1)
+    prompt = layout.prompt
     rec.data["budgets"] = b.as_dict()
     rec.data["input"] = {"image": "the demo's example picture (320x240)", "prompt": PROMPT,
                          "text_tokens": len(prompt.before) + len(prompt.after), "max_new_tokens": 1}
     def ours():
         vision = ref.vision(ref.pixel_values(image))
-        pre = ref.prefill(vision, prompt)
+        pre = generation.prefill(st, Batch((layout,)), vision.tokens, vision.indices, st.clock())
         token = int(pre.logits.argmax(dim=-1)[0])
         return token, vision.indices[0].tolist(), vision.indices[0, pre.stage_two[0]].tolist()
 
@@ -767,8 +757,8 @@ def part_eager(rec: "Recorder", args, deadline: float) -> None:
         rec.phase("ours")
         set_attention(net, "sdpa")
         o_ms, o_pick, ex_o = timed(ours, sync, warm, runs, deadline)
-    rec.data["ours"] = {"what": ("Reference.pixel_values + vision + prefill (sdpa attention; the CLS row and the "
-                                 "L-1 row computed alone) and the first token's argmax, synchronised"),
+    rec.data["ours"] = {"what": ("Reference.pixel_values + vision + generation.prefill (sdpa attention; the CLS row "
+                                 "and the L-1 row computed alone) and the first token's argmax, synchronised"),
                         "attention": "sdpa", "ttft_ms": stats(o_ms), "warmup": warm, "budget_exhausted": ex_o}
     rec.phase("import the authors' pipeline")
     authors = authors_on_model(net, b, options, loaded.image_config, device)  # its hooks exist from here on

@@ -26,7 +26,7 @@ def _factory(tmp_path_factory, build, prefix: str):
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):
     """Tiny LLaVA checkpoints (the demo builder): ``make(seed=0, **sizes) -> Path``."""
-    from nuwa_export.models import demo
+    from nuwa_export.models.families.llava import demo
 
     return _factory(tmp_path_factory, demo.build, "ckpt")
 
@@ -62,9 +62,9 @@ def demo_export(demo_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen_factory(tmp_path_factory):
     """Tiny Qwen2.5-VL checkpoints (the demo-qwen2.5-vl builder): ``make(seed=0, **sizes) -> Path``."""
-    from nuwa_export.models import demo_qwen2_5_vl
+    from nuwa_export.models.families.qwen2_5_vl import demo
 
-    return _factory(tmp_path_factory, demo_qwen2_5_vl.build, "qwen")
+    return _factory(tmp_path_factory, demo.build, "qwen")
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,29 @@ def record_ort_sessions(monkeypatch) -> dict:
     return sessions
 
 
+def rehash(d: Path) -> None:
+    """Re-record the size and sha256 of every file an export's manifest lists, as a careless (or
+    clever) editor would: the files then pass their hashes, whatever they hold."""
+    import json
+
+    from nuwa_export.manifest import sha256_file
+    from nuwa_export.names import MANIFEST
+
+    m = json.loads((d / MANIFEST).read_text())
+    for name in m["files"]:
+        if (d / name).is_file():
+            m["files"][name] = {"sha256": sha256_file(d / name), "size": (d / name).stat().st_size}
+    (d / MANIFEST).write_text(json.dumps(m))
+
+
+def noise_picture(seed: int, size=(150, 260)):
+    """A picture of seeded noise, ``size`` = (height, width)."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
 # --- console scripts and one-line errors ------------------------------------------------------
 
 #: Where the console scripts of this environment are (``.venv/bin``).

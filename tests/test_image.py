@@ -13,7 +13,9 @@ def _picture(w, h, seed=0):
 
 @pytest.mark.parametrize("size", [(320, 240), (240, 320), (224, 224), (97, 301)])
 def test_matches_transformers_llava_processor(size):
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import (
+        LlavaImageProcessorPil,
+    )
 
     cfg = ImageConfig(size=224)
     hf = LlavaImageProcessorPil(

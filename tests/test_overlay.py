@@ -9,10 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from nuwa_export.cli import run_main
-from nuwa_export.eval import grounding
+from nuwa_export.boxes import to_padded
 from nuwa_export.image import ImageConfig
-from nuwa_export.overlay import ANCHOR, COLLECTOR, PILLAR, SURVIVOR, draw_tokens, patch_boxes, scale_for
+from nuwa_export.overlay import (
+    ANCHOR,
+    COLLECTOR,
+    PILLAR,
+    SURVIVOR,
+    draw_tokens,
+    patch_boxes,
+    scale_for,
+)
+from nuwa_export.tools.run import main as run_main
 
 
 def _colours(path) -> set[tuple[int, int, int]]:
@@ -28,7 +36,7 @@ def test_patch_boxes_follow_the_padding_like_grounding_boxes(size):
     boxes = patch_boxes(range(16), grid, w, h, cfg)
     for p, box in enumerate(boxes):
         r, c = divmod(p, 4)
-        assert grounding.to_padded(box, w, h, cfg) == pytest.approx((c / 4, r / 4, (c + 1) / 4, (r + 1) / 4))
+        assert to_padded(box, w, h, cfg) == pytest.approx((c / 4, r / 4, (c + 1) / 4, (r + 1) / 4))
     if (w, h) == (200, 100):  # side 200, the image 50 px down: the top row is all padding
         assert boxes[0] == pytest.approx((0, -50, 50, 0)) and boxes[4] == pytest.approx((0, 0, 50, 50))
 
@@ -59,11 +67,11 @@ def test_draw_tokens_size_and_colours(tmp_path):
 
 
 def test_reference_pillars_are_the_one_hot_rows_of_the_swarm(loaded_demo):
-    from nuwa_export.pruning import aggregation_weights, resolve_budgets
-    from nuwa_export.reference import Reference
+    from nuwa_export.pruning import aggregation_weights
+    from nuwa_export.runtime.runner import open_runner
 
     parts = loaded_demo.parts
-    ref = Reference(loaded_demo, resolve_budgets(parts.num_patches, parts.num_layers))
+    ref = open_runner(loaded_demo)
     pixels = ref.pixel_values(Image.new("RGB", (200, 120), (30, 120, 200)))
     vision = ref.vision(pixels)
     signals = parts.vision_signals(pixels)

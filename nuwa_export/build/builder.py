@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from nuwa_export import __version__
+from nuwa_export import names as n
 from nuwa_export.atomic import atomic_dir, check_dir_target
-from nuwa_export.build import sidecar as sc
-from nuwa_export.build.engine import (
-    BuildOptions, Profile, build_engine, check_plugin_library, import_tensorrt, load_plugin_library, strongly_typed,
-)
+from nuwa_export.build.engine import BuildOptions, Profile, build_engine, strongly_typed
 from nuwa_export.build.targets import target
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
-from nuwa_export.export.manifest import sha256_file
+from nuwa_export.manifest import sha256_file
+from nuwa_export.precision import BUILD, QUANTIZED
 from nuwa_export.progress import Steps
-
-ENGINES_DIR = "engines"
-TIMING_CACHE = "timing.cache"
-PLUGIN_ENV = "NUWA_PLUGIN_LIB"
+from nuwa_export.runtime import sidecar as sc
+from nuwa_export.runtime.tensorrt import PLUGIN_ENV, check_plugin_library, import_tensorrt, load_plugin_library, plugin_library
 
 
 def graphs_to_build(plugin: bool) -> tuple[str, ...]:
-    return ("vision_plugin" if plugin else "vision", "llm_prefix", "llm_suffix")
-
-
-def plugin_library(explicit: str | Path | None) -> Path | None:
-    """``--plugin-lib``, else ``$NUWA_PLUGIN_LIB``; None when neither is given."""
-    value = explicit or os.environ.get(PLUGIN_ENV)
-    return Path(value).expanduser() if value else None
+    return (n.VISION_PLUGIN if plugin else n.VISION, *n.LLM_GRAPHS)
 
 
 def device_info() -> tuple[str | None, tuple[int, int] | None]:
@@ -68,11 +57,9 @@ def choose_precision(requested: str | None, tgt, typed: bool, export_dtype: str,
                 f"--precision {requested} needs the float export it came from"
             )
         return tgt.check_precision(quantized), f"the export is quantized to {quantized} (nuwa-quantize); built strongly typed"
-    from nuwa_export.quant import PRECISIONS
-
-    if requested in PRECISIONS:
+    if requested in QUANTIZED:
         raise NuwaError(f"--precision {requested} needs a quantized export: nuwa-quantize EXPORT_DIR --precision {requested} --out DIR, then build that")
-    llm_precision = {"float32": "fp32", "float16": "fp16"}.get(export_dtype, export_dtype)
+    llm_precision = BUILD.get(export_dtype, export_dtype)
     if typed:
         if requested is not None and requested != llm_precision:
             raise NuwaError(
@@ -100,14 +87,14 @@ def build(
     """Build every engine of the export at ``directory`` into ``directory/engines`` (atomically)."""
     if plugin_lib is not None and not plugin:
         raise NuwaError("--plugin-lib has no effect without --plugin; add --plugin to build vision.plugin.onnx, or drop --plugin-lib")
+    from nuwa_export.runtime.exports import read_export
+
     directory = Path(directory)
-    manifest = mf.read(directory)  # every graph's profiles are checked here, before the first build
-    check_dir_target(directory / ENGINES_DIR, force=True)  # never replaced through a symbolic link
+    manifest = read_export(directory)  # every graph's profiles are checked here, before the first build
+    check_dir_target(directory / n.ENGINES_DIR, force=True)  # never replaced through a symbolic link
     tgt = target(profile)
     if precision is not None:
-        from nuwa_export.quant import PRECISIONS
-
-        if precision in PRECISIONS and manifest.quantization is None:
+        if precision in QUANTIZED and not manifest.precision.quantized:
             raise NuwaError(f"--precision {precision} needs a quantized export: nuwa-quantize EXPORT_DIR --precision {precision} --out DIR, then build that")
         tgt.check_precision(precision)  # an unknown precision is refused before TensorRT is imported
     lib = plugin_library(plugin_lib)
@@ -120,9 +107,9 @@ def build(
     trt = import_tensorrt(builder)
     if plugin:
         load_plugin_library(lib)
-    quantized = manifest.quantization.precision if manifest.quantization else None
+    quantized = manifest.precision.name if manifest.precision.quantized else None
     typed = strongly_typed(trt) or quantized is not None  # Q/DQ graphs: every builder runs them in their own types
-    precision, reason = choose_precision(precision, tgt, strongly_typed(trt), manifest.llm.dtype, f"{builder} {trt.__version__}", quantized)
+    precision, reason = choose_precision(precision, tgt, strongly_typed(trt), manifest.precision.float_type, f"{builder} {trt.__version__}", quantized)
     name, cc = device_info()
     if cc is not None and builder == "tensorrt" and cc not in tgt.compute_capabilities:
         raise NuwaError(f"this GPU ({name}, SM {cc[0]}.{cc[1]}) is not a {profile} device; pick the profile of the GPU you build on")
@@ -131,14 +118,14 @@ def build(
     steps = Steps(progress)
     workspace = tgt.workspace_bytes()
     out: dict[str, sc.Sidecar] = {}
-    with atomic_dir(directory / ENGINES_DIR, force=True) as tmp:
-        old_cache = directory / ENGINES_DIR / TIMING_CACHE
+    with atomic_dir(directory / n.ENGINES_DIR, force=True) as tmp:
+        old_cache = directory / n.ENGINES_DIR / n.TIMING_CACHE
         if old_cache.is_file():
-            (tmp / TIMING_CACHE).write_bytes(old_cache.read_bytes())
+            (tmp / n.TIMING_CACHE).write_bytes(old_cache.read_bytes())
         for graph in graphs_to_build(plugin):
             # strongly typed: no flags ("fp32"); the sidecar records the graph's own precision
-            graph_precision = ("fp32" if graph.startswith("vision") else precision) if typed else precision
-            options = BuildOptions("fp32" if typed else precision, workspace, tgt.optimization_level, tmp / TIMING_CACHE, strongly_typed=typed)
+            graph_precision = (BUILD["float32"] if graph in n.VISION_GRAPHS else precision) if typed else precision
+            options = BuildOptions(BUILD["float32"] if typed else precision, workspace, tgt.optimization_level, tmp / n.TIMING_CACHE, strongly_typed=typed)
             spec = manifest.graphs[graph]
             profiles = manifest.engine_profiles[graph]
             with steps(f"build {graph} ({builder} {trt.__version__}, {graph_precision}, {len(profiles)} profile{'s' * (len(profiles) > 1)})"):
@@ -147,9 +134,9 @@ def build(
                     [Profile({k: tuple(tuple(s) for s in v) for k, v in p.items()}) for p in profiles],
                     builder=builder, options=options,
                 )
-            engine_file = f"{graph}.plan"
+            engine_file = n.engine_file(graph)
             (tmp / engine_file).write_bytes(plan)
-            uses_plugin = graph == "vision_plugin"
+            uses_plugin = graph == n.VISION_PLUGIN
             out[graph] = sc.Sidecar(
                 schema_version=sc.SCHEMA_VERSION, nuwa_export_version=__version__, graph=graph,
                 onnx_file=spec.file, onnx_sha256=manifest.files[spec.file].sha256,
@@ -162,24 +149,3 @@ def build(
             )
             sc.path_for(tmp, graph).write_text(out[graph].to_json())
     return BuiltEngines(out, precision, reason)
-
-
-def build_cli(args) -> int:
-    sidecars = build(
-        args.export_dir, precision=args.precision, profile=args.profile, builder=args.builder,
-        plugin=args.plugin, plugin_lib=args.plugin_lib,
-    )
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"nuwa-build → {Path(args.export_dir) / ENGINES_DIR}", title_justify="left")
-    for col in ("engine", "MiB", "builder", "precision", "device", "profiles"):
-        table.add_column(col)
-    for s in sidecars.values():
-        size = (Path(args.export_dir) / ENGINES_DIR / s.engine_file).stat().st_size / 2**20
-        device = s.device_name or "no GPU (built offline)"
-        table.add_row(s.engine_file, f"{size:.1f}", f"{s.builder} {s.builder_version}", s.precision, device, str(len(s.profiles)))
-    console = Console(stderr=True)
-    console.print(table)
-    console.print(f"precision {sidecars.precision} ({sidecars.reason})", soft_wrap=True, highlight=False)
-    return 0

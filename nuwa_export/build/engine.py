@@ -6,26 +6,12 @@ TensorRT for RTX builds without a GPU, which is how CI proves every graph builds
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
-
-BUILDERS = {"tensorrt": ("tensorrt", "tensorrt-cu12 (or JetPack's python3-libnvinfer)"), "tensorrt-rtx": ("tensorrt_rtx", "tensorrt-rtx-cu13")}
-
-
-def import_tensorrt(builder: str):
-    """The ``tensorrt`` or ``tensorrt_rtx`` module, or a one-line error naming the package."""
-    if builder not in BUILDERS:
-        raise NuwaError(f"unknown builder '{builder}' (choose from {', '.join(BUILDERS)})")
-    module, package = BUILDERS[builder]
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise NuwaError(f"the {builder} builder needs the Python module '{module}': pip install {package}") from None
-
+from nuwa_export.runtime.tensorrt import import_tensorrt
 
 @dataclass(frozen=True)
 class Profile:
@@ -107,33 +93,6 @@ def set_precision(trt, config, precision: str, builder: str) -> None:
             f"{precision} ONNX export, and nuwa-export writes float32 graphs; use --precision fp32"
         )
     config.set_flag(flag)
-
-
-def check_plugin_library(path: Path) -> None:
-    """Refuse, in one line, a plugin library that is missing, unreadable or not a shared library
-    (an ELF file), before TensorRT is imported or anything is built."""
-    if path.is_dir():
-        raise NuwaError(f"plugin library {path} is a directory, not a shared library (libnuwa_trt_plugins.so)")
-    if not path.is_file():
-        raise NuwaError(f"plugin library not found: {path} (build it with CMake: see docs/plugin.md)")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise NuwaError(f"cannot read the plugin library {path} ({e.strerror or type(e).__name__})") from None
-    if magic != b"\x7fELF":
-        raise NuwaError(f"plugin library {path} is not a shared library (no ELF header); build libnuwa_trt_plugins.so with CMake: see docs/plugin.md")
-
-
-def load_plugin_library(path: Path) -> None:
-    """Load the SwarmAggregate plugin library (it registers its creator with TensorRT on load)."""
-    import ctypes
-
-    check_plugin_library(path)
-    try:
-        ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-    except OSError as e:
-        raise NuwaError(f"cannot load the plugin library {path}: {e}") from None
 
 
 def _one_line(e: BaseException) -> str:

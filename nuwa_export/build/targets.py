@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.precision import QUANTIZED
 
 GIB = 1 << 30
 
@@ -36,9 +37,7 @@ class Target:
     def check_precision(self, precision: str) -> str:
         if precision in self.quantized:
             return precision
-        from nuwa_export.quant import PRECISIONS
-
-        if precision in PRECISIONS:
+        if precision in QUANTIZED:
             raise NuwaError(f"{precision} engines do not run on the {self.name} profile ({self.description}); it runs {', '.join(self.quantized)}")
         if precision not in self.precisions:
             raise NuwaError(f"--precision {precision} is not supported on the {self.name} profile ({', '.join(self.precisions)})")

@@ -28,7 +28,9 @@ from nuwa_export.errors import NuwaError
 from nuwa_export.eval import parquet as pqio
 from nuwa_export.eval.paths import user_path
 from nuwa_export.eval.tasks import Task
-from nuwa_export.prompt import IMAGE_TOKEN
+
+#: The image placeholder of lmms-eval's data: the prompt template places the image itself.
+IMAGE_TOKEN = "<image>"
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 

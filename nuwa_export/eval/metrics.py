@@ -10,7 +10,8 @@ taken as it is, as lmms-eval does, unclipped.
 
 from __future__ import annotations
 
-from nuwa_export.eval import grounding, normalize
+from nuwa_export import boxes
+from nuwa_export.eval import normalize
 from nuwa_export.eval.tasks import BOX_CONVENTIONS, Task
 from nuwa_export.image import ImageConfig
 
@@ -32,7 +33,7 @@ def answer_box(task: Task, answer: str, size: tuple[int, int], convention: str, 
         return None
     if convention == "padded":
         w, h = size
-        x1, y1, x2, y2 = grounding.to_pixels(box, w, h, cfg)
+        x1, y1, x2, y2 = boxes.to_pixels(box, w, h, cfg)
         return (x1 / w, y1 / h, x2 / w, y2 / h)
     return box
 
@@ -50,7 +51,7 @@ def centre_hit(truth: Box, pred: Box) -> bool:
 
 def grounding_sample(pred: Box | None, truth: Box) -> dict:
     box = pred if pred is not None else NO_BOX
-    return {"box": list(box), "parsed": pred is not None, "iou": grounding.iou(box, truth), "centre": centre_hit(truth, box)}
+    return {"box": list(box), "parsed": pred is not None, "iou": boxes.iou(box, truth), "centre": centre_hit(truth, box)}
 
 
 def vqa_sample(task: Task, answer: str, truth) -> dict:

@@ -125,7 +125,7 @@ def figures(out: Path, task, data, summary: dict, rows: dict) -> list[str]:
     made = []
     if task.grounding:
         made.append(_iou_hist(out / "iou_hist.png", summary, rows))
-        made.append(_samples(out / "samples.png", data, summary["runs"][0]["label"], rows[summary["runs"][0]["label"]]))
+        made.append(samples_figure(out / "samples.png", data, summary["runs"][0]["label"], rows[summary["runs"][0]["label"]]))
     if len([r for r in summary["runs"] if r["budgets"]["prune"]]) >= 2:
         made.append(_vs_keep(out / "accuracy_vs_keep.png", task, summary))
     return made
@@ -144,7 +144,7 @@ def _iou_hist(path: Path, summary: dict, rows: dict) -> str:
     return _save(fig, path)
 
 
-def _samples(path: Path, data, label: str, rows: dict) -> str:
+def samples_figure(path: Path, data, label: str, rows: dict) -> str:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 

@@ -2,8 +2,8 @@
 
 A task knows how to ask (the prompt around a referring expression or a question), how many
 tokens to allow and which metric is its headline. How a model family words a grounding question
-and writes its box is the family's business (:func:`grounding_format` asks its adapter): LLaVA-1.5
-with lmms-eval's prompt, Qwen2.5-VL with its own question and ``bbox_2d`` answers.
+and writes its box is the family's business (:func:`grounding_format` asks it): LLaVA-1.5 with
+lmms-eval's prompt, Qwen2.5-VL with its own question and ``bbox_2d`` answers.
 """
 
 from __future__ import annotations
@@ -13,12 +13,6 @@ from dataclasses import dataclass
 
 from nuwa_export.errors import NuwaError
 
-#: lmms-eval's RefCOCO ``bbox_rec`` prompt; the referring expression follows it verbatim.
-BBOX_REC_PROMPT = (
-    "Bounding box coordinates are specified in the format (top-left x, top-left y, bottom-right x, "
-    "bottom-right y). All values are floating point numbers bounded between 0 and 1. Please provide "
-    "the bounding box coordinate of the region this sentence describes: {expression}"
-)
 #: lmms-eval's suffix for short-answer VQA (GQA, POPE, TextVQA) with LLaVA.
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 
@@ -45,14 +39,14 @@ class GroundingFormat:
 
 def grounding_format(family: str = "llava") -> GroundingFormat:
     """The family's grounding question (its benchmark prompt when it has one, e.g. lmms-eval's for
-    LLaVA-1.5) and box format, from its adapter (:mod:`nuwa_export.models.families`)."""
+    LLaVA-1.5) and box format (:mod:`nuwa_export.models.families`)."""
     from nuwa_export.models.families import families
 
     known = families()
     if family not in known:
         raise NuwaError(f"no grounding prompt for model family '{family}' (known: {', '.join(sorted(known))})")
     g = known[family].grounding
-    return GroundingFormat(family, g.eval_prompt or g.question, g.parse, g.unit)
+    return GroundingFormat(family, g.eval_prompt, g.parse, g.unit)
 
 
 @dataclass(frozen=True)

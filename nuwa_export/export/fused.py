@@ -35,8 +35,9 @@ from onnx import defs
 from onnxscript import FLOAT, INT32
 from onnxscript.values import Opset
 
+from nuwa_export.constants import GQA_DOMAIN, GQA_NAME, GQA_VERSION
+
 ATTENTION_NAME = "nuwa_group_query_attention"
-GQA_DOMAIN, GQA_NAME, GQA_VERSION = "com.microsoft", "GroupQueryAttention", 1
 
 
 def register_schema() -> None:

@@ -25,26 +25,32 @@ and one decode step appends one entry to every row.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
+from nuwa_export import contract as ct
+from nuwa_export import names as n
 from nuwa_export.models.decoder import KVCache, cache_keyword, causal_mask, decoder_stack
 
-#: Node metadata the exporter writes with this machine's source paths and line numbers; dropped, so
-#: an export carries no local paths and its bytes do not depend on where nuwa-export is installed.
-STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 #: Trace sizes: not 0 or 1, which torch.export would specialise (validation uses 0 and 1).
 TRACE_SEQ, TRACE_PAST, TRACE_BATCH = 5, 3, 2
 #: In-place KV buffers' capacity when tracing (more than TRACE_PAST + TRACE_SEQ).
 TRACE_CAPACITY = 11
+#: A Python object's address in the exporter's metadata (``<function sym_min at 0x7f...>``): it
+#: differs from process to process, so it is removed and an export's bytes are the same every time.
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
 
-def kv_names(kind: str, layers: range) -> list[str]:
-    """``past``/``present`` key and value names, per global layer index."""
-    return [f"{kind}_{what}_{i}" for i in layers for what in ("key", "value")]
+def clean_metadata(props: dict) -> None:
+    """Drop the node's stack trace (this machine's source paths) and object addresses, in place
+    (``props``: an onnx_ir node's ``metadata_props``)."""
+    props.pop(n.STACK_TRACE_KEY, None)
+    for key, value in list(props.items()):
+        if " at 0x" in value:
+            props[key] = _ADDRESS.sub("", value)
 
 
 class _Stack(nn.Module):
@@ -142,96 +148,79 @@ def _trace_positions(parts) -> torch.Tensor:
     return (pos if parts.position_rows == 1 else pos.expand(parts.position_rows, -1, -1)).contiguous()
 
 
-def _position_dims(parts, batch, seq) -> dict:
-    return {0: batch, 1: seq} if parts.position_rows == 1 else {1: batch, 2: seq}
+def numbers(parts: Any, layer: int, k1: int, precision, max_batch: int | None = None) -> ct.Numbers:
+    """The contract's numbers of an export of ``parts`` split at ``layer`` with ``k1`` vision tokens."""
+    tc = parts.config.text_config
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    return ct.Numbers(parts.image_size, k1, tc.hidden_size, tc.num_key_value_heads, head_dim, tc.vocab_size, parts.num_layers, layer,
+                      precision.io, precision.kv, max_batch)
 
 
-@dataclass(frozen=True)
-class LlmShapes:
-    hidden: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
+def contract_of(parts: Any, layer: int, k1: int, precision, max_batch: int | None = None) -> tuple[ct.Numbers, ct.Contract]:
+    """The numbers and the family's graph contract of an export of ``parts`` (see :func:`numbers`)."""
+    from nuwa_export.models.families import family_for
 
-    @classmethod
-    def of(cls, parts: Any) -> "LlmShapes":
-        tc = parts.config.text_config
-        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
-        return cls(tc.hidden_size, tc.num_key_value_heads, head_dim, tc.vocab_size)
+    x = numbers(parts, layer, k1, precision, max_batch)
+    return x, family_for(parts.config).contract(x)
 
 
-def _export(module: nn.Module, args: tuple, input_names, output_names, dynamic_shapes, path, external: bool, fused: bool = False):
+def trace_dims(graph: ct.Graph) -> dict:
+    """``torch.onnx.export``'s ``dynamic_shapes`` for ``graph``: each input's dynamic axes as
+    ``torch.export.Dim`` s of the contract's trace ranges, the KV inputs as one ``past`` tuple."""
+    dims = {}
+
+    def dim(name: str):
+        if name not in dims:
+            lo, hi = ct.TRACE_RANGES[name]
+            dims[name] = torch.export.Dim(name, min=lo, max=hi)
+        return dims[name]
+
+    out = {t.name: {i: dim(a) for i, a in t.dynamic_axes.items()} for t in graph.inputs if not n.is_kv(t.name)}
+    out[n.PAST] = tuple({i: dim(a) for i, a in t.dynamic_axes.items()} for t in graph.inputs if n.is_kv(t.name))
+    return out
+
+
+def _export(module: nn.Module, args: tuple, graph: ct.Graph, path, external: bool, fused: bool = False):
     from nuwa_export.export import fused as fz
 
     table = fz.CUSTOM_TRANSLATIONS if fused else None
     ctx = fz.attention_implementation(module.stack.layers[0].self_attn.config) if fused else contextlib.nullcontext()
     with ctx:
         program = torch.onnx.export(
-            module.eval(), args, input_names=input_names, output_names=output_names,
-            dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=18, optimize=True, verbose=False,
+            module.eval(), args, input_names=graph.input_names, output_names=graph.output_names,
+            dynamic_shapes=trace_dims(graph), dynamo=True, opset_version=18, optimize=True, verbose=False,
             custom_translation_table=table,
         )
     program.model.producer_name = "nuwa-export"
     for node in program.model.graph.all_nodes():
-        node.metadata_props.pop(STACK_TRACE_KEY, None)
+        clean_metadata(node.metadata_props)
     program.save(str(path), external_data=external)
 
 
-def _dims():
-    d = torch.export.Dim
-    return d("batch", min=1, max=64), d("seq", min=1, max=8192), d("past", min=0, max=8192)
-
-
-def _kv_args(parts, s: LlmShapes, count: int, fused: bool):
-    """Trace past KV (``TRACE_PAST`` entries; in-place buffers hold ``TRACE_CAPACITY``), the
-    mask or pad lengths input, and their dynamic shapes."""
-    batch, _, past_len = _dims()
+def _kv_args(parts, x: ct.Numbers, count: int, fused: bool):
+    """Trace past KV (``TRACE_PAST`` entries; in-place buffers hold ``TRACE_CAPACITY``) and the
+    mask or pad lengths input."""
     if fused:
-        capacity = torch.export.Dim("capacity", min=1, max=16384)
-        kv = torch.zeros(TRACE_BATCH, s.kv_heads, TRACE_CAPACITY, s.head_dim, dtype=parts.dtype)
+        kv = torch.zeros(TRACE_BATCH, x.num_kv_heads, TRACE_CAPACITY, x.head_dim, dtype=parts.dtype)
         mask = torch.ones(TRACE_BATCH, TRACE_PAST + TRACE_SEQ, dtype=torch.int64)
         mask[1, 0] = 0
-        total = torch.export.Dim("total", min=1, max=16384)
-        return mask, {0: batch, 1: total}, tuple(kv.clone() for _ in range(count)), {0: batch, 2: capacity}
-    kv = torch.zeros(TRACE_BATCH, s.kv_heads, TRACE_PAST, s.head_dim, dtype=parts.dtype)
-    return torch.tensor([0, 1]), {0: batch}, tuple(kv.clone() for _ in range(count)), {0: batch, 2: past_len}
+        return mask, tuple(kv.clone() for _ in range(count))
+    kv = torch.zeros(TRACE_BATCH, x.num_kv_heads, TRACE_PAST, x.head_dim, dtype=parts.dtype)
+    return torch.tensor([0, 1]), tuple(kv.clone() for _ in range(count))
 
 
-def export_prefix(parts: Any, layer: int, k1: int, path, *, external: bool = False, fused: bool = False) -> None:
-    """``llm_prefix.onnx`` (or, ``fused``, ``llm_prefix.ort.onnx``: :mod:`nuwa_export.export.fused`)."""
-    s = LlmShapes.of(parts)
-    batch, seq, _ = _dims()
-    pads, pad_dims, past, past_dims = _kv_args(parts, s, 2 * layer, fused)
-    pad_name = "attention_mask" if fused else "pad_lengths"
-    args = (torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype), _trace_positions(parts), torch.tensor([1, 2]), pads, past)
-    dyn = {
-        "inputs_embeds": {0: batch, 1: seq},
-        "position_ids": _position_dims(parts, batch, seq),
-        "vision_start": {0: batch},
-        pad_name: pad_dims,
-        "past": tuple(past_dims for _ in past),
-    }
-    names_in = ["inputs_embeds", "position_ids", "vision_start", pad_name, *kv_names("past", range(layer))]
-    names_out = ["hidden_states", *kv_names("present", range(layer)), "stage_two_scores"]
-    graph = (FusedPrefixGraph if fused else PrefixGraph)(parts, layer, k1)
-    _export(graph, args, names_in, names_out, dyn, path, external, fused)
+def export_prefix(parts: Any, x: ct.Numbers, graph: ct.Graph, path, *, external: bool = False, fused: bool = False) -> None:
+    """``llm_prefix.onnx`` (or, ``fused``, ``llm_prefix.ort.onnx``: :mod:`nuwa_export.export.fused`)
+    as the contract's ``graph`` says."""
+    pads, past = _kv_args(parts, x, 2 * x.stage_two_layer, fused)
+    args = (torch.zeros(TRACE_BATCH, TRACE_SEQ, x.hidden_size, dtype=parts.dtype), _trace_positions(parts), torch.tensor([1, 2]), pads, past)
+    module = (FusedPrefixGraph if fused else PrefixGraph)(parts, x.stage_two_layer, x.stage_one_keep)
+    _export(module, args, graph, path, external, fused)
 
 
-def export_suffix(parts: Any, layer: int, path, *, external: bool = False, fused: bool = False) -> None:
-    """``llm_suffix.onnx`` (or, ``fused``, ``llm_suffix.ort.onnx``)."""
-    s = LlmShapes.of(parts)
-    n = parts.num_layers
-    batch, seq, _ = _dims()
-    pads, pad_dims, past, past_dims = _kv_args(parts, s, 2 * (n - layer), fused)
-    pad_name = "attention_mask" if fused else "pad_lengths"
-    args = (torch.zeros(TRACE_BATCH, TRACE_SEQ, s.hidden, dtype=parts.dtype), _trace_positions(parts), pads, past)
-    dyn = {
-        "hidden_states": {0: batch, 1: seq},
-        "position_ids": _position_dims(parts, batch, seq),
-        pad_name: pad_dims,
-        "past": tuple(past_dims for _ in past),
-    }
-    names_in = ["hidden_states", "position_ids", pad_name, *kv_names("past", range(layer, n))]
-    names_out = ["logits", *kv_names("present", range(layer, n))]
-    graph = (FusedSuffixGraph if fused else SuffixGraph)(parts, layer)
-    _export(graph, args, names_in, names_out, dyn, path, external, fused)
+def export_suffix(parts: Any, x: ct.Numbers, graph: ct.Graph, path, *, external: bool = False, fused: bool = False) -> None:
+    """``llm_suffix.onnx`` (or, ``fused``, ``llm_suffix.ort.onnx``) as the contract's ``graph`` says."""
+    pads, past = _kv_args(parts, x, 2 * (x.num_layers - x.stage_two_layer), fused)
+    args = (torch.zeros(TRACE_BATCH, TRACE_SEQ, x.hidden_size, dtype=parts.dtype), _trace_positions(parts), pads, past)
+    module = (FusedSuffixGraph if fused else SuffixGraph)(parts, x.stage_two_layer)
+    _export(module, args, graph, path, external, fused)

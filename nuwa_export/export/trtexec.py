@@ -5,17 +5,18 @@ from __future__ import annotations
 import shlex
 
 from nuwa_export import __version__
-from nuwa_export.export.manifest import Manifest
+from nuwa_export import names as n
+from nuwa_export.manifest import Manifest
 
 HEADER = """#!/usr/bin/env bash
 # Written by nuwa-export {version} from manifest.json. Builds every graph with trtexec into
-# engines/ and times it, with the shapes recorded in the manifest. Extra arguments go to every
+# {engines}/ and times it, with the shapes recorded in the manifest. Extra arguments go to every
 # trtexec call (e.g. --fp16, --memPoolSize=workspace:4096M). The plugin variant of the vision
 # graph needs the SwarmAggregate plugin library: NUWA_PLUGIN_LIB=/path/libnuwa_trt_plugins.so.
 # Two optimisation profiles (0 prefill, 1 decode) are given by repeating the shape flags.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p engines
+mkdir -p {engines}
 TRTEXEC="${{TRTEXEC:-trtexec}}"
 PLUGIN_LIB="${{NUWA_PLUGIN_LIB:-libnuwa_trt_plugins.so}}"
 """
@@ -49,17 +50,17 @@ QUANTIZED_NOTE = """# The LLM graphs are quantized ({precision}, nuwa-quantize: 
 
 
 def script(m: Manifest) -> str:
-    note = FLOAT16_NOTE if m.llm.dtype == "float16" and not m.quantization else ""
-    if m.quantization:
-        note = QUANTIZED_NOTE.format(precision=m.quantization.precision)
-    lines = [HEADER.format(version=__version__) + note]
+    note = FLOAT16_NOTE if m.precision.name == "float16" else ""
+    if m.precision.quantized:
+        note = QUANTIZED_NOTE.format(precision=m.precision.name)
+    lines = [HEADER.format(version=__version__, engines=n.ENGINES_DIR) + note]
     for graph, spec in sorted(m.graphs.items()):
         profiles = m.engine_profiles[graph]
-        engine = f"engines/{graph}.plan"
+        engine = f"{n.ENGINES_DIR}/{n.engine_file(graph)}"
         build = [f"--onnx={spec.file}", f"--saveEngine={engine}", *_profile_flags(profiles)]
         if m.quantization and graph in m.quantization.graphs:
             build.insert(2, "--stronglyTyped")
-        if graph.endswith("_plugin"):
+        if graph == n.VISION_PLUGIN:
             build.insert(1, '--staticPlugins="$PLUGIN_LIB"')
         lines.append(f"echo '== {graph}: build'")
         lines.append(_cmd(build))
@@ -68,7 +69,7 @@ def script(m: Manifest) -> str:
             run = [f"--loadEngine={engine}", f"--shapes={_spec(opt)}", "--dumpProfile", "--separateProfileRun"]
             if len(profiles) > 1:
                 run.insert(1, f"--profile={i}")
-            if graph.endswith("_plugin"):
+            if graph == n.VISION_PLUGIN:
                 run.insert(1, '--staticPlugins="$PLUGIN_LIB"')
             lines.append(f"echo '== {graph}: time profile {i}'")
             lines.append(_cmd(run))
@@ -81,7 +82,7 @@ PROFILING_FLAGS = ("--dumpProfile", "--dumpLayerInfo", "--profilingVerbosity=det
 PROFILE_NAMES = ("prefill", "decode")
 
 
-def profiling_commands(m: Manifest, plugin_lib: str, out_dir: str = "profiles") -> list[tuple[str, list[str]]]:
+def profiling_commands(m: Manifest, plugin_lib: str, out_dir: str = n.PROFILES_DIR) -> list[tuple[str, list[str]]]:
     """Per-layer trtexec profiling runs for every graph and engine profile of ``m``.
 
     Returns ``(stem, argv)`` pairs, ``argv`` without the trtexec executable, with paths
@@ -97,8 +98,8 @@ def profiling_commands(m: Manifest, plugin_lib: str, out_dir: str = "profiles") 
         profiles = m.engine_profiles[graph]
         for i, prof in enumerate(profiles):
             stem = graph if len(profiles) == 1 else f"{graph}.{PROFILE_NAMES[i] if i < len(PROFILE_NAMES) else i}"
-            argv = [f"--loadEngine=engines/{graph}.plan"]
-            if graph.endswith("_plugin"):
+            argv = [f"--loadEngine={n.ENGINES_DIR}/{n.engine_file(graph)}"]
+            if graph == n.VISION_PLUGIN:
                 argv.append(f"--staticPlugins={plugin_lib}")
             if len(profiles) > 1:
                 argv.append(f"--profile={i}")

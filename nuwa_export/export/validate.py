@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nuwa_export import names as n
 from nuwa_export.errors import NuwaError
 from nuwa_export.image import preprocess
 
@@ -58,16 +59,16 @@ def record_vision(reference) -> dict[str, np.ndarray]:
     pixels = validation_pixels(reference)
     with torch.inference_mode():
         want = reference.vision(pixels.to(reference.parts.vision_dtype))
-    return {"pixel_values": pixels.numpy(), "image_tokens": want.tokens.float().cpu().numpy(), "patch_indices": want.indices.cpu().numpy()}
+    return {n.PIXEL_VALUES: pixels.numpy(), n.IMAGE_TOKENS: want.tokens.float().cpu().numpy(), n.PATCH_INDICES: want.indices.cpu().numpy()}
 
 
 def check_vision(path: Path, rec: dict[str, np.ndarray]) -> dict:
     """ORT ``vision.onnx`` vs :func:`record_vision`, on a batch the graph was not traced with."""
-    tokens, indices = ort_session(path).run(["image_tokens", "patch_indices"], {"pixel_values": rec["pixel_values"]})
-    want_idx = rec["patch_indices"]
+    tokens, indices = ort_session(path).run([n.IMAGE_TOKENS, n.PATCH_INDICES], {n.PIXEL_VALUES: rec[n.PIXEL_VALUES]})
+    want_idx = rec[n.PATCH_INDICES]
     if indices.shape != want_idx.shape or not np.array_equal(indices, want_idx):
         raise NuwaError("validation failed: vision.onnx patch_indices differ from the reference")
-    return {"batch": int(rec["pixel_values"].shape[0]), "image_tokens": compare("vision.onnx image_tokens", tokens, rec["image_tokens"]), "patch_indices": "identical"}
+    return {"batch": int(rec[n.PIXEL_VALUES].shape[0]), n.IMAGE_TOKENS: compare("vision.onnx image_tokens", tokens, rec[n.IMAGE_TOKENS]), n.PATCH_INDICES: "identical"}
 
 
 def validate_vision(path: Path, reference) -> dict:

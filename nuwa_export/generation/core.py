@@ -152,8 +152,8 @@ def replay(stages, live: Live, tokens: list[int]) -> list:
 
 
 def layouts(stages, requests: Sequence[Request]) -> Batch:
-    """Every request's prompt, tokenised and checked, before any work starts."""
-    return Batch(tuple(layout_for(stages, r.prompt, r.sampling.max_new_tokens) for r in requests))
+    """Every request's prompt, tokenised around its image's plan and checked, before any work starts."""
+    return Batch(tuple(layout_for(stages, r.prompt, r.sampling.max_new_tokens, r.image) for r in requests))
 
 
 def vision(stages, requests: Sequence[Request], clock: Clock) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,20 +13,20 @@ from typing import Any
 import torch
 
 from nuwa_export.prompt import Prompt, check_context
-from nuwa_export.pruning import stage_two_rows
+from nuwa_export.pruning import ImagePlan, stage_two_rows
 
 
 @dataclass(frozen=True)
 class Layout:
-    """One request's prompt and its position scheme (the family's ``positions(grid)``:
+    """One request's prompt and its image's plan (token grids and position scheme:
     ``pruning.positions.RopePositions`` or ``MRopePositions``)."""
 
     prompt: Prompt
-    scheme: Any
+    plan: ImagePlan
 
     @property
-    def num_patches(self) -> int:
-        return self.scheme.num_patches
+    def scheme(self) -> Any:
+        return self.plan.positions
 
     @property
     def before(self) -> int:
@@ -115,12 +115,14 @@ class Batch:
         return Batch(tuple(self.rows[i] for i in keep), tuple(self.pads[i] for i in keep))
 
 
-def layout_for(stages, text: str, max_new_tokens: int) -> Layout:
-    """Tokenise ``text`` around the image and check it fits the context (refused with NuwaError)."""
+def layout_for(stages, text: str, max_new_tokens: int, image=None) -> Layout:
+    """Tokenise ``text`` around ``image`` (its plan: :meth:`Stages.plan_for`) and check it fits
+    the context (refused with NuwaError)."""
     prompt = stages.family.build_prompt(stages.tokenizer, text, stages.image_token_id)
     stages.check_prompt(prompt)
-    check_context(prompt, stages.positions.image_span, max_new_tokens, stages.max_positions)
-    return Layout(prompt, stages.positions)
+    plan = stages.plan_for(image)
+    check_context(prompt, plan.span, max_new_tokens, stages.max_positions)
+    return Layout(prompt, plan)
 
 
 def take_positions(positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

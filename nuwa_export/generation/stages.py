@@ -1,6 +1,6 @@
 """The small interface the generation core runs on; the engine pipeline and the PyTorch reference
 each implement it once (:class:`nuwa_export.runtime.pipeline.EngineStages`,
-:class:`nuwa_export.reference.TorchStages`).
+:class:`nuwa_export.runtime.reference.TorchStages`).
 
 Tensors crossing it are torch tensors on the stages' ``device`` (the engine's: CPU, or a CUDA
 GPU); host data enters through :meth:`to_device` and leaves through :meth:`to_host`, which count
@@ -19,7 +19,7 @@ import torch
 from nuwa_export.generation.result import Clock, Transfers
 from nuwa_export.image import ImageConfig
 from nuwa_export.prompt import Prompt
-from nuwa_export.pruning import Budgets
+from nuwa_export.pruning import Budgets, ImagePlan
 
 
 class Stages(Protocol):
@@ -32,10 +32,14 @@ class Stages(Protocol):
     eos_token_ids: set[int]
     device: torch.device
     transfers: Transfers
-    family: Any  # the model family adapter (nuwa_export.models.families.Family): prompt template, grounding
+    family: Any  # the model family (nuwa_export.models.families.Family): prompt template, grounding
 
     def clock(self) -> Clock:
         """A fresh per-stage clock (synchronising the device if it runs asynchronously)."""
+
+    def plan_for(self, image) -> ImagePlan:
+        """How ``image`` (a path, a PIL image, or None for the export's own) becomes LLM tokens:
+        its family's plan (token grids, tokens kept, positions)."""
 
     def check_prompt(self, prompt: Prompt) -> None:
         """Refuse token ids this model cannot embed (a :class:`NuwaError`), or do nothing."""

@@ -1,8 +1,8 @@
 """The decoder side every family shares: per-layer KV caches, masks, the layer stack, and the
 few attention rows Nüwa computes on its own (no attention maps).
 
-A family's parts (:class:`~nuwa_export.models.llava.LlavaParts`,
-:class:`~nuwa_export.models.qwen2_5_vl.QwenParts`) derive from :class:`DecoderParts` and set
+A family's parts (:class:`~nuwa_export.models.families.llava.parts.LlavaParts`,
+:class:`~nuwa_export.models.families.qwen2_5_vl.parts.QwenParts`) derive from :class:`DecoderParts` and set
 ``lm`` (the HF text model: ``embed_tokens``, ``layers``, ``rotary_emb``, ``norm``), ``lm_head``,
 ``config``, ``_cache_kw`` and ``stage_two_fn`` (the family's stage-two row).
 """

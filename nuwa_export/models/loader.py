@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
 
 import torch
@@ -11,16 +10,18 @@ import torch
 from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
 from nuwa_export.image import ImageConfig
-from nuwa_export.models.families import family_for
+from nuwa_export.models.families import Family, family_for
+from nuwa_export.models.families.parts import Parts
 from nuwa_export.models.registry import resolve
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from nuwa_export.precision import torch_dtype
+from nuwa_export.pruning import BudgetRequest, Budgets, ImagePlan
+from nuwa_export.pruning.spec import StageOneSpec
 
 
 @dataclass
 class LoadedModel:
     model: object  # the transformers model (LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration)
-    parts: Any  # what the family's adapter drives (models.llava.LlavaParts, models.qwen2_5_vl.QwenParts)
+    parts: Parts  # what the family drives (its folder's parts.py)
     tokenizer: object
     image_config: ImageConfig
     model_id: str
@@ -29,6 +30,22 @@ class LoadedModel:
     @property
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
+
+    @property
+    def family(self) -> Family:
+        return family_for(self.model.config)
+
+    def resolve(self, request: BudgetRequest | None = None) -> tuple[Budgets, StageOneSpec]:
+        """The family's budgets and stage-one settings for ``request`` on this model."""
+        return resolve_request(self.family, self.parts.grid, self.parts.num_layers, request)
+
+
+def resolve_request(family: Family, grid: tuple[int, int], num_layers: int, request: BudgetRequest | None) -> tuple[Budgets, StageOneSpec]:
+    """``request`` (None: the defaults) resolved by ``family`` into budgets and stage-one
+    settings, refused in one line if impossible."""
+    request = request or BudgetRequest()
+    budgets = family.resolve_budgets(grid, num_layers, request)
+    return budgets, family.stage_one(budgets, grid, request)
 
 
 #: Any one of these makes a tokenizer transformers can load without extra packages.
@@ -83,7 +100,7 @@ def pick_device(device: str | None) -> torch.device:
 def pick_dtype(name: str | None, config_dtype, device: torch.device) -> torch.dtype:
     """``auto``: float32 on CPU, the checkpoint's dtype (else float16) on a GPU."""
     if name not in (None, "auto"):
-        return DTYPES[name]
+        return torch_dtype(name)
     if device.type == "cpu":
         return torch.float32
     return config_dtype if isinstance(config_dtype, torch.dtype) else torch.float16
@@ -99,7 +116,7 @@ class CheckpointInfo:
     image_size: int  # the image side the vision tower runs at (fixed by the tower, or --image-size)
 
     @property
-    def family(self):
+    def family(self) -> Family:
         return family_for(self.config)
 
     @property
@@ -114,15 +131,16 @@ class CheckpointInfo:
     def num_layers(self) -> int:
         return self.family.num_layers(self.config)
 
-    def budgets(self, keep=None, k1=None, k2=None, layer=None, *, prune: bool = True, keep_ratio=None, per_region=None):
-        """The family's budgets for this checkpoint (``pruning.Budgets``), refused in one line if impossible."""
-        return self.family.resolve_budgets(
-            self.grid, self.num_layers, keep=keep, k1=k1, k2=k2, layer=layer, prune=prune, keep_ratio=keep_ratio, per_region=per_region,
-        )
+    def budgets(self, request: BudgetRequest | None = None) -> Budgets:
+        """The family's budgets for this checkpoint, refused in one line if impossible."""
+        return self.family.resolve_budgets(self.grid, self.num_layers, request or BudgetRequest())
 
-    def stage_one(self, budgets, per_region=None, distance=None, percentile=None):
-        """The family's stage-one settings (``pruning.StageOneSpec``) with the user's knobs."""
-        return self.family.stage_one(budgets, self.grid, per_region, distance, percentile)
+    def resolve(self, request: BudgetRequest | None = None) -> tuple[Budgets, StageOneSpec]:
+        """The family's budgets and stage-one settings for ``request`` (before any weight is read)."""
+        return resolve_request(self.family, self.grid, self.num_layers, request)
+
+    def plan(self, budgets: Budgets) -> ImagePlan:
+        return self.family.plan(self.grid, budgets)
 
 
 def inspect_checkpoint(model: str, image_size: int | None = None) -> CheckpointInfo:
@@ -185,12 +203,12 @@ def load(
     path, model_id, config = info.path, info.model_id, info.config
     family = info.family
     dev = pick_device(device)
-    torch_dtype = pick_dtype(dtype, getattr(config, "dtype", None), dev)
+    chosen = pick_dtype(dtype, getattr(config, "dtype", None), dev)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers' load report would be many lines; ours is one
     try:
         net, report = family.model_class().from_pretrained(
-            path, dtype=torch_dtype, use_safetensors=True, attn_implementation=family.attn_implementation(text_attention),
+            path, dtype=chosen, use_safetensors=True, attn_implementation=family.attn_implementation(text_attention),
             output_loading_info=True, ignore_mismatched_sizes=True,  # refused below, in one line
         )
     except (RuntimeError, ValueError, OSError) as e:
@@ -203,7 +221,7 @@ def load(
         raise NuwaError(f"the weights in {path} do not fit its config.json: {', '.join(bad[:2])}{more} missing or of another shape")
     net.to(dev).eval()
     if vision_dtype is not None:
-        family.set_vision_dtype(net, DTYPES[vision_dtype])
+        family.set_vision_dtype(net, torch_dtype(vision_dtype))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # a user's files: many types

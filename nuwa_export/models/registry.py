@@ -1,4 +1,5 @@
-"""Model names users type, and where the weights are found."""
+"""Model names users type, and where the weights are found: the families' aliases and demo
+checkpoints, local directories and hub ids."""
 
 from __future__ import annotations
 
@@ -6,38 +7,42 @@ import os
 from pathlib import Path
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.models.families import families
 
-ALIASES = {
-    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
-    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
-    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
-    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
-}
-#: Built-in demo checkpoints, built locally on first use (no download).
-DEMOS = ("demo", "demo-qwen2.5-vl")
 #: Files fetched from the hub when a model is not cached: configs, tokenizer and safetensors only.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
 
 
+def aliases() -> dict[str, str]:
+    """Every family's aliases: the names users type → hub ids."""
+    return {a: repo for f in families().values() for a, repo in f.aliases.items()}
+
+
+def demos() -> dict[str, object]:
+    """Built-in demo checkpoints (built locally on first use, no download) → their family."""
+    return {d: f for f in families().values() for d in f.demos}
+
+
+def demo_dir(model_id: str) -> Path | None:
+    """Where the built-in demo ``model_id`` is (built on first use), or None for another model."""
+    family = demos().get(model_id)
+    return family.build_demo(model_id) if family is not None else None
+
+
 def resolve(model: str) -> tuple[Path, str]:
     """``MODEL`` (alias, a built-in demo, directory or hub id) → (local directory, model id)."""
-    if model == "demo":
-        from nuwa_export.models import demo
-
-        return demo.ensure_built(), "demo"
-    if model == "demo-qwen2.5-vl":
-        from nuwa_export.models import demo_qwen2_5_vl
-
-        return demo_qwen2_5_vl.ensure_built(), model
+    demo = demo_dir(model)
+    if demo is not None:
+        return demo, model
     path = Path(model).expanduser()
     if path.is_dir():
         return path.resolve(), str(path.resolve())
     if path.exists():
         raise NuwaError(f"--model {model} is a file; pass a checkpoint directory, an alias or 'demo'")
-    repo = ALIASES.get(model, model)
+    repo = aliases().get(model, model)
     if "/" not in repo or model.startswith((".", "/", "~")):
         raise NuwaError(
-            f"unknown model '{model}': not a directory, not an alias ({', '.join(sorted(ALIASES))}, {', '.join(DEMOS)}) "
+            f"unknown model '{model}': not a directory, not an alias ({', '.join(sorted(aliases()))}, {', '.join(demos())}) "
             "and not a hub id (owner/name)"
         )
     return _from_hub(repo), repo

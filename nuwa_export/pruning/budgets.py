@@ -1,13 +1,16 @@
-"""Token budgets (docs/algorithm.md §1): an average `keep` split into stage one K1 and stage two K2."""
+"""Token budgets (docs/algorithm.md §1): an average `keep` split into stage one K1 and stage two K2.
+
+The paper's rule (:func:`resolve_budgets`) is here; a family with a schedule of its own resolves
+a :class:`BudgetRequest` its own way into the same :class:`Budgets`.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from nuwa_export.errors import NuwaError
 
-#: LLaVA-1.5's reference point: keep 64 of 576 patches.
+#: The paper's reference point: keep 64 of 576 patches.
 _REFERENCE_KEEP, _REFERENCE_PATCHES = 64, 576
 
 
@@ -29,6 +32,22 @@ def default_keep(num_patches: int) -> int:
 
 
 @dataclass(frozen=True)
+class BudgetRequest:
+    """What a user asked for (``--keep``, ``--keep-ratio``, ``--stage-one-keep``, ...); None is
+    the family's default. ``per_region``, ``distance`` and ``percentile`` are stage one's knobs."""
+
+    keep: int | None = None
+    k1: int | None = None
+    k2: int | None = None
+    layer: int | None = None
+    prune: bool = True
+    keep_ratio: float | None = None
+    per_region: int | None = None
+    distance: float | None = None
+    percentile: float | None = None
+
+
+@dataclass(frozen=True)
 class Budgets:
     """Resolved budgets. ``prune=False`` means every patch reaches every layer."""
 
@@ -39,7 +58,7 @@ class Budgets:
     num_patches: int
     num_layers: int
     prune: bool = True
-    keep_ratio: float | None = None  # Qwen2.5-VL's schedule (--keep-ratio), when it set the budgets
+    keep_ratio: float | None = None  # a family's keep-ratio schedule (--keep-ratio), when it set the budgets
     per_region: int | None = None  # slots per 2x2 region the schedule asks for (None: stage one's default)
 
     def as_dict(self) -> dict:
@@ -99,77 +118,3 @@ def resolve_budgets(
     if not 1 <= layer <= num_layers - 1:
         raise NuwaError(f"--stage-two-layer {layer} must be between 1 and {num_layers - 1} (the LLM has {num_layers} layers)")
     return Budgets(keep, k1, k2, layer, num_patches, num_layers, True)
-
-
-#: Qwen2.5-VL's schedule (the authors' code): keep ratio → (s1, s2, slots per region).
-QWEN_SCHEDULE = {0.25: (0.35, 0.42, 3), 0.5: (0.6, 0.66, 3), 0.75: (0.85, 0.70, 4)}
-
-
-def qwen_stage_two_layer(num_layers: int) -> int:
-    """Layer ``L`` (stage two runs at ``L − 1``): 15 of 28 as the authors', the same place in
-    other depths (``round(15·N/28)``, within ``[1, N − 1]``)."""
-    return min(num_layers - 1, max(1, round(15 * num_layers / 28)))
-
-
-def resolve_qwen_budgets(
-    grid: tuple[int, int],
-    num_layers: int,
-    *,
-    keep_ratio: float | None = None,
-    keep: int | None = None,
-    k1: int | None = None,
-    k2: int | None = None,
-    layer: int | None = None,
-    prune: bool = True,
-    per_region: int | None = None,
-) -> Budgets:
-    """Qwen2.5-VL budgets (docs/algorithm.md §10): by ``keep_ratio`` (0.25, 0.5, 0.75; default
-    0.5) ``K1 = min(ceil(N·s1), candidates)``, ``K2 = max(1, int(K1·s2))`` in float64; or by an
-    average ``keep``: the schedule whose ratio is nearest ``keep / N``, with ``K1`` the smallest
-    that averages at least ``keep`` over the layers. Explicit ``k1`` / ``k2`` / ``layer`` override;
-    ``per_region`` (``--per-region``) replaces the schedule's slots per region, and the candidates
-    ``K1`` is clipped to.
-    """
-    from nuwa_export.pruning.stage_one import qwen_stage_one_keep, real_candidates
-
-    n = int(grid[0]) * int(grid[1])
-    layer = qwen_stage_two_layer(num_layers) if layer is None else layer
-    if not 1 <= layer <= num_layers - 1:
-        raise NuwaError(f"--stage-two-layer {layer} must be between 1 and {num_layers - 1} (the LLM has {num_layers} layers)")
-    if not prune:
-        return Budgets(n, n, n, layer, n, num_layers, False)
-    if keep is not None and keep_ratio is not None:
-        raise NuwaError("pass --keep or --keep-ratio, not both")
-    if keep is not None:
-        if not 1 <= keep <= n:
-            raise NuwaError(f"--keep {keep} must be between 1 and the {n} image tokens")
-        keep_ratio = min(QWEN_SCHEDULE, key=lambda r: (abs(r - keep / n), r))
-    elif keep_ratio is None:
-        keep_ratio = 0.5
-    if keep_ratio not in QWEN_SCHEDULE:
-        raise NuwaError(f"--keep-ratio must be one of {', '.join(str(r) for r in QWEN_SCHEDULE)} (the paper's schedule), got {keep_ratio}")
-    s1, s2, scheduled = QWEN_SCHEDULE[keep_ratio]
-    if per_region is not None and not 1 <= per_region <= 4:
-        raise NuwaError(f"--per-region must be between 1 and 4, got {per_region}")
-    per_region = scheduled if per_region is None else per_region
-    candidates = real_candidates(grid, per_region)
-    if keep is not None:  # smallest K1 whose average over the layers reaches keep
-        d1 = min(max(1, math.floor(keep * num_layers / (layer + (num_layers - layer) * s2))), candidates)
-        while d1 < candidates and layer * d1 + (num_layers - layer) * max(1, int(d1 * s2)) < keep * num_layers:
-            d1 += 1
-        most = (layer * d1 + (num_layers - layer) * max(1, int(d1 * s2))) / num_layers
-        if k1 is None and most < keep:
-            raise NuwaError(
-                f"--keep {keep} cannot be reached: at most {most:.0f} tokens per layer on average with the {keep_ratio} schedule "
-                f"({candidates} candidates, K2 = {s2}·K1); pass a smaller --keep or --keep-ratio"
-            )
-    else:
-        d1 = qwen_stage_one_keep(grid, s1, per_region)
-    k1 = d1 if k1 is None else k1
-    k2 = max(1, int(k1 * s2)) if k2 is None else k2
-    if not 1 <= k1 <= candidates:
-        raise NuwaError(f"stage-one keep K1={k1} must be between 1 and the {candidates} candidates ({per_region} per 2x2 region)")
-    if not 1 <= k2 <= k1:
-        raise NuwaError(f"stage-two keep K2={k2} must be between 1 and K1={k1}")
-    budgets = Budgets(0, k1, k2, layer, n, num_layers, True, keep_ratio, per_region)
-    return replace(budgets, keep=max(1, round(budgets.average_keep)))

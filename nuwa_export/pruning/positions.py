@@ -13,7 +13,7 @@ def position_ids(before: int, patch_indices: torch.Tensor, after: int, full_patc
         patch_indices: ``[B, K]`` or ``[K]`` int64 grid indices of the kept vision tokens,
             ascending.
         after: ``c``, tokens after the image.
-        full_patches: patches in the full image (576 for LLaVA-1.5).
+        full_patches: patches in the full image (e.g. 576 for a 24×24 grid).
     Returns:
         int64 ``[B, b + K + c]`` (or ``[b + K + c]`` for 1-D ``patch_indices``):
         ``0..b-1``, then ``b + p`` per patch ``p``, then ``b + full_patches + j``.
@@ -35,7 +35,7 @@ def decode_position(before: int, after: int, full_patches: int, step: int) -> in
 
 
 def mrope_position_ids(before: int, patch_indices: torch.Tensor, after: int, grid: tuple[int, int]) -> torch.Tensor:
-    """M-RoPE ``(t, h, w)`` positions of ``[text before][vision tokens][text after]`` (Qwen2.5-VL).
+    """M-RoPE ``(t, h, w)`` positions of ``[text before][vision tokens][text after]``.
 
     The numbering of the unpruned sequence (transformers' ``get_rope_index`` for one still image):
     text token ``i`` before the image is ``(i, i, i)``; the image cell ``(y, x)`` is
@@ -59,7 +59,7 @@ def mrope_position_ids(before: int, patch_indices: torch.Tensor, after: int, gri
 
 
 class RopePositions:
-    """1-D positions (LLaVA): ``[B, T]``; the image spans ``num_patches`` positions."""
+    """1-D positions: ``[B, T]``; the image spans ``num_patches`` positions."""
 
     rows = 1
 
@@ -75,7 +75,7 @@ class RopePositions:
 
 
 class MRopePositions:
-    """M-RoPE positions (Qwen2.5-VL): ``[3, B, T]``; the image spans ``max(H, W)`` positions."""
+    """M-RoPE positions: ``[3, B, T]``; the image spans ``max(H, W)`` positions."""
 
     rows = 3
 

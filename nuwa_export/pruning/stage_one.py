@@ -7,14 +7,14 @@ then lower patch index (stable sorts over index-ordered candidates).
 
 Only the ``K×N`` rows of the similarity matrix that are used are ever computed.
 
-Qwen2.5-VL (``qwen_*``, run with its settings by :func:`nuwa_export.pruning.spec.run_stage_one`):
-the merged patch grid may have odd sides, so separation runs on
-the grid zero-padded to even sides (bottom row / right column) with the padding ranked ``-inf``;
-alignment keeps ``K1`` = :func:`qwen_stage_one_keep` anchors, which is never more than the real
-candidates, so no padding is ever picked and shapes stay static. Anchors are returned as unpadded
-raster indices. The swarm uses the reach ``0.8·sqrt((Hp−1)² + (Wp−1)²)`` of the padded sides, the
-pillar quantile 0.1, and no self-weight override after normalising (a collector's row includes its
-own entry, normalised like the others).
+Grids with an odd side (a merged grid may have them; run with a family's settings by
+:func:`nuwa_export.pruning.spec.run_stage_one`): separation runs on the grid zero-padded to even
+sides (bottom row / right column) with the padding ranked ``-inf`` (:func:`padded_anchors`);
+alignment keeps at most the real candidates (:func:`keep_fraction`), so no padding is ever picked
+and shapes stay static. Anchors are returned as unpadded raster indices. A reach can be a
+fraction of the padded grid's diagonal (:func:`diagonal_reach`), and the self-weight override
+after normalising can be off (a collector's row then includes its own entry, normalised like the
+others).
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ ROW_EPS = 1e-8
 #: Swarm distance (reach √280 ≈ 16.7 patches) and pillar quantile: the paper's defaults.
 DEFAULT_DISTANCE = 280.0
 DEFAULT_PERCENTILE = 0.55
-#: Qwen2.5-VL: pillar quantile, and the reach as a fraction of the padded grid's diagonal.
-QWEN_PERCENTILE = 0.1
-QWEN_REACH_FACTOR = 0.8
 
 
 def default_per_region(keep: int, grid: tuple[int, int]) -> int:
@@ -116,9 +113,9 @@ def aggregation_weights(
         distance: penalty reach is ``sqrt(distance)`` patches (ignored when ``reach`` is given).
         percentile: pillar threshold quantile of the anchor scores (linear interpolation).
         reach: penalty reach in patches, ``penalty = 1 − min(1, dist / reach)``; ``None`` means
-            ``sqrt(distance)`` (LLaVA). Giving it also allows odd grid sides (Qwen2.5-VL).
-        self_override: set the self entry of every row to 1.0 after normalising (LLaVA); ``False``
-            keeps the normalised self entry (Qwen2.5-VL).
+            ``sqrt(distance)``. Giving it also allows odd grid sides.
+        self_override: set the self entry of every row to 1.0 after normalising; ``False``
+            keeps the normalised self entry.
     Returns:
         ``[B, K, N]`` float32. Pillar rows are one-hot at the anchor; collector rows are the
         normalised ``relu(cos) · penalty`` weights, with the self entry set to 1.0 when
@@ -195,7 +192,7 @@ def stage_one(
     """Separation, alignment and swarm aggregation for a batch of images.
 
     Args:
-        agg: ``[B, N, D]`` features to merge (LLaVA's feature layer, CLS removed), any float dtype.
+        agg: ``[B, N, D]`` features to merge (e.g. a CLIP feature layer, CLS removed), any float dtype.
         sim: ``[B, N, Ds]`` similarity features (mean of the last third of the tower); they are
             L2-normalised per patch here.
         cls_attention: ``[B, N]`` CLS-row attention of the feature layer, summed over heads.
@@ -224,7 +221,7 @@ def stage_one(
     return tokens, indices
 
 
-# ---- Qwen2.5-VL: odd grids are zero-padded to even sides for separation --------------------------
+# ---- grids with odd sides are zero-padded to even sides for separation ---------------------------
 def padded_grid(grid: tuple[int, int]) -> tuple[int, int]:
     """``(Hp, Wp) = (H + H % 2, W + W % 2)``: the grid padded to even sides (bottom / right)."""
     h, w = int(grid[0]), int(grid[1])
@@ -233,10 +230,10 @@ def padded_grid(grid: tuple[int, int]) -> tuple[int, int]:
     return h + h % 2, w + w % 2
 
 
-def qwen_reach(grid: tuple[int, int]) -> float:
-    """Qwen2.5-VL's swarm reach ``0.8·sqrt((Hp−1)² + (Wp−1)²)`` patches, on the padded sides."""
+def diagonal_reach(grid: tuple[int, int], factor: float) -> float:
+    """A swarm reach of ``factor·sqrt((Hp−1)² + (Wp−1)²)`` patches, on the padded sides."""
     hp, wp = padded_grid(grid)
-    return QWEN_REACH_FACTOR * math.sqrt((hp - 1) ** 2 + (wp - 1) ** 2)
+    return factor * math.sqrt((hp - 1) ** 2 + (wp - 1) ** 2)
 
 
 def real_candidates(grid: tuple[int, int], per_region: int) -> int:
@@ -250,15 +247,15 @@ def real_candidates(grid: tuple[int, int], per_region: int) -> int:
     )
 
 
-def qwen_stage_one_keep(grid: tuple[int, int], s1: float, per_region: int) -> int:
-    """The static K1 for Qwen2.5-VL: ``min(ceil(N·s1), real candidates)``.
+def keep_fraction(grid: tuple[int, int], s1: float, per_region: int) -> int:
+    """A static K1 for a fraction ``s1`` of the cells: ``min(ceil(N·s1), real candidates)``.
 
     Args:
         grid: ``(H, W)`` merged patch grid, any sides ≥ 1.
         s1: fraction of the ``N = H·W`` patches to keep, in ``(0, 1]`` (``ceil`` in float64).
         per_region: ``n`` in 1..4; a region of the padded grid offers ``min(n, its real slots)``.
     Returns:
-        ``K1 >= 1``; :func:`qwen_anchors` with this ``keep`` never picks padding.
+        ``K1 >= 1``; :func:`padded_anchors` with this ``keep`` never picks padding.
     """
     h, w = int(grid[0]), int(grid[1])
     real = real_candidates(grid, per_region)
@@ -267,14 +264,14 @@ def qwen_stage_one_keep(grid: tuple[int, int], s1: float, per_region: int) -> in
     return min(math.ceil(h * w * float(s1)), real)
 
 
-def qwen_anchors(salience: torch.Tensor, grid: tuple[int, int], keep: int, per_region: int) -> torch.Tensor:
+def padded_anchors(salience: torch.Tensor, grid: tuple[int, int], keep: int, per_region: int) -> torch.Tensor:
     """Separation on the padded grid (padding ranked ``-inf``) and alignment, in unpadded indices.
 
     Args:
         salience: ``[B, N]`` float patch scores in raster order of the ``H×W`` grid.
         grid: ``(H, W)``, any sides ≥ 1, ``H·W = N``.
         keep: anchors to keep (K1), ``1 <= keep <=`` the real candidates (see
-            :func:`qwen_stage_one_keep`), so that no padding slot is ever picked.
+            :func:`keep_fraction`), so that no padding slot is ever picked.
         per_region: slots per 2×2 region of the padded grid, 1..4.
     Returns:
         ``[B, keep]`` int64 unpadded raster indices ``y·W + x``, ascending.

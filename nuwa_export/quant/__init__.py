@@ -1,9 +1,9 @@
-"""Quantized exports (``nuwa-quantize``): calibration sets and tensors (:mod:`.calib`), ModelOpt's
-ONNX post-training quantization of the LLM graphs (:mod:`.quantize`), and the validation policy
-for quantized graphs (:mod:`.policy`)."""
+"""Quantized exports (``nuwa-quantize``): calibration sets and tensors (:mod:`.calib`) and
+ModelOpt's ONNX post-training quantization of the LLM graphs (:mod:`.quantize`); the validation
+policy for quantized graphs is ``nuwa_export.verify.quantized``."""
 
-#: ``--precision`` → (ModelOpt's quantize_mode, its calibration method, whether the attention
-#: matmuls (Q·Kᵀ, P·V) get Q/DQ too).
+#: ``--precision`` (``nuwa_export.precision.QUANTIZED``) → (ModelOpt's quantize_mode, its
+#: calibration method, whether the attention matmuls (Q·Kᵀ, P·V) get Q/DQ too).
 PRECISIONS = {
     # weights per channel, activations per tensor (W8A8); attention stays in the float type: per-tensor
     # int8 Q and K lost 10 % of the logits' cosine on the Qwen2.5-VL demo (0.864 against 0.968 without)

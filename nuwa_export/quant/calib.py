@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.names import LLM_GRAPHS
 from nuwa_export.runtime.backend import Backend
 
 BUILTIN = "builtin:"
-#: The LLM graphs whose inputs are recorded (the vision graph stays in its float type).
-LLM_GRAPHS = ("llm_prefix", "llm_suffix")
 KEYS = ("image", "prompt", "ground")
 
 
@@ -109,7 +108,7 @@ def resolve(spec: str | Path) -> Path:
 def load_set(spec: str | Path) -> CalibSet:
     """Read and check a calibration set before anything slow starts: every line one request (the
     line checks of ``nuwa-run --requests``: keys, text, the image's header), every image present."""
-    from nuwa_export.export.manifest import sha256_file
+    from nuwa_export.manifest import sha256_file
     from nuwa_export.requests_file import image_and_question, jsonl_objects
 
     path = resolve(spec)
@@ -229,25 +228,20 @@ def calibrate(directory: Path, manifest, calib: CalibSet, work: Path, *, decode_
     batch (``max_batch`` bounds TensorRT's profiles), so the limit is lifted for this run only.
 
     Float records: each request alone, ``tokens`` greedy tokens, every stage kept
-    (:func:`nuwa_export.verify.record`): what the quantized graphs are held to."""
+    (:func:`nuwa_export.verify.checks.record`): what the quantized graphs are held to."""
     from dataclasses import replace
 
     from nuwa_export import generation
     from nuwa_export.runtime.ort_backend import OrtBackend
-    from nuwa_export.runtime.pipeline import Pipeline
+    from nuwa_export.runtime.runner import open_runner
     from nuwa_export.sampling import SamplingConfig
-    from nuwa_export.verify import record
+    from nuwa_export.verify.checks import record
 
     size = len(calib.entries) if one_batch else manifest.max_batch
     manifest = replace(manifest, max_batch=max(size, manifest.max_batch))
     store = FeedStore(work)
     backend = RecordingBackend(OrtBackend(directory, manifest, "cpu", llm_graphs="standard"), store)
-    try:
-        pipeline = Pipeline(directory, backend, manifest=manifest)
-    except BaseException:
-        backend.close()
-        raise
-    try:
+    with open_runner(directory, backend=backend, manifest=manifest) as pipeline:
         family, stages = pipeline.family, pipeline.stages()
         sampling = SamplingConfig(max_new_tokens=1 + decode_steps, stop_at_eos=False)
         requests = [generation.Request(e.load(), e.question(family), sampling) for e in calib.entries]
@@ -256,6 +250,4 @@ def calibrate(directory: Path, manifest, calib: CalibSet, work: Path, *, decode_
             generation.generate_batch(stages, requests[i : i + size])
         store.stop()
         records = [record(pipeline, r.image, r.prompt, tokens) for r in requests]
-    finally:
-        pipeline.close()
     return store, records

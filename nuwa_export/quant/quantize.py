@@ -7,12 +7,11 @@ ranks patches by attention, which is sensitive). Everything else is copied. The 
 graphs (fused attention) are not carried over: the ort backend runs the quantized standard
 graphs. The manifest records each quantized graph's precision and opset and the lineage (the
 source manifest's sha256, tool versions, the calibration set's hash), and the validation the
-graphs passed (:mod:`nuwa_export.quant.policy`).
+graphs passed (:mod:`nuwa_export.verify.quantized`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -20,12 +19,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from nuwa_export import manifest as mf
+from nuwa_export import names as n
 from nuwa_export.atomic import atomic_dir, check_dir_target, check_utf8_path
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
+from nuwa_export.names import LLM_GRAPHS
+from nuwa_export.precision import Precision
 from nuwa_export.progress import Steps
 from nuwa_export.quant import PRECISIONS
-from nuwa_export.quant.calib import LLM_GRAPHS
 from nuwa_export.versions import installed
 
 #: What ``pip install`` needs for nuwa-quantize (the ``[quantize]`` extra): ModelOpt and the
@@ -94,17 +95,15 @@ def _restore_scopes(model, source: Path) -> bool:
     decoder layer's output by it. Returns whether any node changed."""
     import onnx
 
-    from nuwa_export.layerwise import SCOPE_KEY
-
     scopes = {}
-    for n in onnx.load(str(source), load_external_data=False).graph.node:
-        value = next((p.value for p in n.metadata_props if p.key == SCOPE_KEY), None)
+    for node in onnx.load(str(source), load_external_data=False).graph.node:
+        value = next((p.value for p in node.metadata_props if p.key == n.SCOPE_KEY), None)
         if value is not None:
-            scopes[n.name] = value
+            scopes[node.name] = value
     changed = False
-    for n in model.graph.node:
-        if n.name in scopes and not any(p.key == SCOPE_KEY for p in n.metadata_props):
-            n.metadata_props.add(key=SCOPE_KEY, value=scopes[n.name])
+    for node in model.graph.node:
+        if node.name in scopes and not any(p.key == n.SCOPE_KEY for p in node.metadata_props):
+            node.metadata_props.add(key=n.SCOPE_KEY, value=scopes[node.name])
             changed = True
     return changed
 
@@ -176,7 +175,8 @@ def quantize(
 
     from nuwa_export.export.pipeline import finish, graph_spec
     from nuwa_export.quant import calib as cb
-    from nuwa_export.quant import policy as qp
+    from nuwa_export.runtime.exports import read_export
+    from nuwa_export.verify import quantized as qp
 
     if precision not in PRECISIONS:
         raise NuwaError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision}")
@@ -188,16 +188,16 @@ def quantize(
     here, src = Path(os.path.realpath(out.expanduser())), Path(os.path.realpath(source.expanduser()))
     if here == src or here in src.parents or src in here.parents:
         raise NuwaError(f"--out {out} would replace, hold or sit inside the export being quantized ({source}); pick another directory")
-    manifest = mf.read(source)  # every file hashed and checked
-    if manifest.quantization is not None:
-        raise NuwaError(f"{source} is already quantized ({manifest.quantization.precision}); quantize the float export it came from")
+    manifest = read_export(source)  # every file hashed and checked
+    if manifest.precision.quantized:
+        raise NuwaError(f"{source} is already quantized ({manifest.precision.name}); quantize the float export it came from")
     modelopt_quantize()  # a missing ModelOpt is one line before anything slow starts
     calib_set = cb.load_set(calib)
     policy = qp.policy_for(precision)
     mode, method, _ = PRECISIONS[precision]
     block = int4_block([source / manifest.graphs[g].file for g in LLM_GRAPHS]) if mode == "int4" else None  # refused before anything slow
     steps = Steps(progress)
-    src_sha = mf.sha256_file(source / mf.FILENAME)
+    src_sha = mf.sha256_file(source / n.MANIFEST)
 
     with atomic_dir(out, force=force) as tmp:
         work = tmp / WORK_DIR
@@ -211,7 +211,7 @@ def quantize(
             reader = store.reader(graph, prefill_only=awq)
             blocks = f", blocks of {block}" if block else ""
             with steps(f"quantize {spec.file} (ModelOpt {mode}, {method}{blocks}, {len(reader)} calibration runs)"):
-                quantize_graph(source / spec.file, tmp / spec.file, precision, reader, manifest.llm.dtype, work / graph, block)
+                quantize_graph(source / spec.file, tmp / spec.file, precision, reader, manifest.precision.float_type, work / graph, block)
                 model = onnx.load(str(tmp / spec.file), load_external_data=False)
                 if _restore_scopes(model, source / spec.file):
                     onnx.save(model, str(tmp / spec.file))  # external data (if any) stays where ModelOpt put it
@@ -220,7 +220,7 @@ def quantize(
                 quantized[graph] = mf.QuantizedGraph(precision, int(opset), manifest.files[spec.file].sha256)
                 del model
         shutil.rmtree(work)
-        skip = {mf.FILENAME, "trtexec.sh"}  # both rewritten
+        skip = {n.MANIFEST, n.TRTEXEC}  # both rewritten
         for g in [*(manifest.graphs[x] for x in LLM_GRAPHS), *manifest.ort_graphs.values()]:  # replaced, or not carried over
             skip.add(g.file)
             skip.update(_external_files(source / g.file))
@@ -230,7 +230,7 @@ def quantize(
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(source / name, tmp / name)
         info = mf.QuantizationInfo(
-            precision=precision, method=method, block_size=block, graphs=quantized, source_manifest_sha256=src_sha,
+            method=method, block_size=block, graphs=quantized, source_manifest_sha256=src_sha,
             source_nuwa_export_version=manifest.nuwa_export_version, tools=installed(TOOLS),
             calibration={
                 "set": calib_set.name, "sha256": calib_set.sha256, "requests": len(calib_set.entries),
@@ -239,30 +239,26 @@ def quantize(
             },
             policy=policy.as_dict(),
         )
-        new = replace(manifest, graphs=graphs, ort_graphs={}, quantization=info, files={},
-                      validation={"vision": manifest.validation.get("vision")})
+        new = replace(manifest, graphs=graphs, ort_graphs={}, quantization=info, precision=Precision.of(precision, manifest.precision.float_type),
+                      files={}, validation={"vision": manifest.validation.get("vision")})
         new = finish(new, tmp)  # trtexec.sh (with --stronglyTyped), every file hashed
         with steps(f"validate the {precision} graphs against the float export on the {len(records)} calibration requests ({tokens} tokens each)"):
-            validation = _validate(tmp, new, records, policy)
+            validation = validate_quantized(tmp, new, records, policy)
         new = replace(new, validation={**new.validation, "quantized": validation})
-        (tmp / mf.FILENAME).write_text(new.to_json())
+        (tmp / n.MANIFEST).write_text(new.to_json())
     _summary(steps, manifest, new, out, validation)
     return new
 
 
-def _validate(tmp: Path, manifest: mf.Manifest, records: list, policy) -> dict:
+def validate_quantized(tmp: Path, manifest: mf.Manifest, records: list, policy) -> dict:
     """The quantized pipeline (ONNX Runtime, CPU) on every calibration request, held to ``policy``."""
-    from nuwa_export.quant import policy as qp
-    from nuwa_export.runtime.pipeline import Pipeline
-
-    from nuwa_export.export import consistency
+    from nuwa_export.runtime import consistency
+    from nuwa_export.runtime.runner import open_runner
+    from nuwa_export.verify import quantized as qp
 
     consistency.check(tmp, manifest)  # the graphs against the manifest (the files were hashed just now)
-    pipeline = Pipeline(tmp, "ort", device="cpu", manifest=manifest)
-    try:
+    with open_runner(tmp, backend="ort", device="cpu", manifest=manifest) as pipeline:
         measures = [qp.measure(pipeline, r) for r in records]
-    finally:
-        pipeline.close()
     summary = qp.summarize(measures, policy.near_tie)
     checks = qp.judge(summary, policy)
     failed = [c for c in checks if not c.ok]
@@ -281,19 +277,14 @@ def _summary(steps: Steps, before: mf.Manifest, after: mf.Manifest, out: Path, v
     q = after.quantization
     for graph, spec in after.graphs.items():
         size = lambda m, s: sum(e.size for n, e in m.files.items() if n.startswith(s.file)) / 2**20  # noqa: E731 - with its external data
-        precision = q.graphs[graph].precision if graph in q.graphs else ("float32" if graph.startswith("vision") else after.llm.dtype)
+        precision = q.graphs[graph].precision if graph in q.graphs else ("float32" if graph in n.VISION_GRAPHS else after.precision.float_type)
         table.add_row(spec.file, precision, f"{size(before, before.graphs[graph]):.1f}", f"{size(after, spec):.1f}")
     steps.console.print(table)
     s = validation["summary"]
     overlap = f", stage-two overlap {s['stage_two_overlap']:.2f}" if s["stage_two_overlap"] is not None else ""
     steps.console.print(
-        f"validated against the float export on {s['requests']} calibration requests ({q.precision} policy): "
+        f"validated against the float export on {s['requests']} calibration requests ({after.precision.name} policy): "
         f"hidden at split cosine ≥ {s['hidden_cosine']:.4f} (SQNR ≥ {s['hidden_sqnr_db']:.1f} dB), logits cosine ≥ "
         f"{s['logits_cosine']:.4f} (SQNR ≥ {s['logits_sqnr_db']:.1f} dB){overlap}, greedy tokens {s['token_agreement']:.2f} agree "
         f"({s['tokens_identical']:.2f} identical; teacher-forced).", soft_wrap=True, highlight=False,
     )
-
-
-def quantize_cli(args: argparse.Namespace) -> int:
-    quantize(args.export_dir, args.out, args.precision, args.calib, decode_steps=args.decode_steps, tokens=args.tokens, force=args.force)
-    return 0

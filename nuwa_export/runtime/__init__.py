@@ -1,1 +1,16 @@
-"""Run an export directory: backends (ort, trt) behind one interface, and the pipeline over them."""
+"""Run a model or an export: engine backends (ONNX Runtime, TensorRT) behind one interface, the
+PyTorch reference, and one way to open either (:func:`open_runner`, :class:`Runner`).
+
+Importing this package is cheap (``--help`` and the consistency check need no torch): the names
+below load :mod:`nuwa_export.runtime.runner` when first used.
+"""
+
+__all__ = ["BACKENDS", "Runner", "open_runner"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from nuwa_export.runtime import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,26 +1,24 @@
-"""The one small interface every engine backend implements, and the binding plan they share.
+"""The one small interface every engine backend implements.
 
 Backends take and return torch tensors on their own device (CPU, or a CUDA GPU): the session's
-KV and hidden states never pass through NumPy or the host. Outputs are allocated by the caller
-from :func:`output_specs` (the graph contract in the manifest), so a present KV tensor is bound
-back as the next past exactly where the engine wrote it.
+KV and hidden states never pass through NumPy or the host. Outputs are allocated from the
+export's graph contract (:meth:`Backend.output_plan`, :mod:`nuwa_export.contract`), so a present
+KV tensor is bound back as the next past exactly where the engine wrote it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from nuwa_export.errors import NuwaError
-from nuwa_export.export.llm import kv_names
-from nuwa_export.export.manifest import Manifest
+from nuwa_export import names as n
+from nuwa_export.contract import Numbers
+from nuwa_export.manifest import Manifest
+from nuwa_export.models.families import family_named
+from nuwa_export.precision import torch_dtype
 from nuwa_export.runtime.kv import KVBuffers
-
-#: torch dtype per manifest dtype name
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
 @dataclass(frozen=True)
@@ -32,34 +30,16 @@ class OutputSpec:
 
 def output_specs(m: Manifest, graph: str, shapes: dict[str, tuple[int, ...]], in_place: bool = False) -> list[OutputSpec]:
     """Every output of ``graph`` (in graph order) for inputs of ``shapes``: what to allocate and
-    bind before running it. Raises :class:`NuwaError` for inputs outside the export's contract.
-    ``in_place``: the ONNX Runtime LLM graphs, whose present KV are the past buffers (their
-    capacity), written at ``[P, P + S)`` with ``P + S`` the ``attention_mask`` length."""
-    b, llm = m.budgets, m.llm
-    t = TORCH_DTYPES[llm.dtype]
-    if graph in ("vision", "vision_plugin"):
-        batch = shapes["pixel_values"][0]
-        return [OutputSpec("image_tokens", (batch, b.stage_one_keep, llm.hidden_size), torch.float32),
-                OutputSpec("patch_indices", (batch, b.stage_one_keep), torch.int64)]
-    first = "inputs_embeds" if graph == "llm_prefix" else "hidden_states"
-    batch, seq = shapes[first][:2]
-    layers = range(b.stage_two_layer) if graph == "llm_prefix" else range(b.stage_two_layer, llm.num_layers)
-    past = {shapes[n][2] for n in kv_names("past", layers)}
-    if len(past) != 1:
-        raise NuwaError(f"{graph}: past KV tensors of different lengths {sorted(past)}")
-    if batch > m.max_batch:
-        raise NuwaError(f"a batch of {batch} is beyond this export's max_batch {m.max_batch}; re-export with --max-batch {batch}")
-    total = past.pop()
-    if in_place:
-        filled = shapes["attention_mask"][1]
-        if shapes["attention_mask"][0] != batch or not seq <= filled <= total:
-            raise NuwaError(f"{graph}: an attention_mask of {list(shapes['attention_mask'])} over KV buffers of {total} entries for {seq} new tokens")
-    else:
-        total += seq
-    present = [OutputSpec(n, (batch, llm.num_kv_heads, total, llm.head_dim), t) for n in kv_names("present", layers)]
-    if graph == "llm_prefix":
-        return [OutputSpec("hidden_states", (batch, seq, llm.hidden_size), t), *present, OutputSpec("stage_two_scores", (batch, b.stage_one_keep), torch.float32)]
-    return [OutputSpec("logits", (batch, llm.vocab_size), torch.float32), *present]
+    bind before running it, from the export's contract. Raises :class:`NuwaError` for inputs
+    outside it. ``in_place``: the ONNX Runtime LLM graphs, whose present KV are the past buffers
+    (their capacity), written at ``[P, P + S)`` with ``P + S`` the ``attention_mask`` length."""
+    contract = family_named(m.family).contract(Numbers.of_manifest(m))
+    return plan_outputs(contract.graph(graph, in_place), shapes)
+
+
+def plan_outputs(graph, shapes: dict[str, tuple[int, ...]]) -> list[OutputSpec]:
+    """:func:`output_specs` for one :class:`~nuwa_export.contract.Graph`."""
+    return [OutputSpec(t.name, shape, torch_dtype(t.dtype)) for t, shape in graph.outputs_for(shapes)]
 
 
 class Backend(ABC):
@@ -73,9 +53,16 @@ class Backend(ABC):
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
-        layer, n = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
-        self._prefix_past = kv_names("past", range(layer))
-        self._suffix_past = kv_names("past", range(layer, n))
+        self.contract = family_named(manifest.family).contract(Numbers.of_manifest(manifest))
+        layer, layers = manifest.budgets.stage_two_layer, manifest.budgets.num_layers
+        self._prefix_past = n.kv_names(n.PAST, range(layer))
+        self._suffix_past = n.kv_names(n.PAST, range(layer, layers))
+
+    def output_plan(self, graph: str, inputs: dict[str, torch.Tensor]) -> list[OutputSpec]:
+        """The outputs to allocate for one run of ``graph`` (the in-place graphs when this backend
+        runs them): checked against the export's contract."""
+        in_place = self.in_place and graph in n.LLM_GRAPHS
+        return plan_outputs(self.contract.graph(graph, in_place), {k: tuple(v.shape) for k, v in inputs.items()})
 
     @abstractmethod
     def run(self, graph: str, inputs: dict[str, torch.Tensor], out: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
@@ -84,7 +71,7 @@ class Backend(ABC):
 
     def vision(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, 3, S, S]`` → ``image_tokens [B, K1, D]``, ``patch_indices [B, K1]``."""
-        tokens, idx = self.run("vision", {"pixel_values": pixel_values})
+        tokens, idx = self.run(n.VISION, {n.PIXEL_VALUES: pixel_values})
         return tokens, idx
 
     def empty_past(self, start: int, end: int, batch: int, capacity: int, dtype: torch.dtype):
@@ -107,28 +94,28 @@ class Backend(ABC):
     def _llm(self, graph: str, feeds: dict, names: list[str], pad_lengths, past, seq: int):
         """Run an LLM graph with its past KV → (its outputs, the KV group after it: the buffers
         written in place, or None when the outputs hold the new present tensors)."""
-        present = [n.replace("past_", "present_", 1) for n in names]
+        present = [n.present_of(name) for name in names]
         if isinstance(past, KVBuffers):
             past = past.reserve(seq)
-            feeds["attention_mask"] = past.attention_mask(pad_lengths, seq)
+            feeds[n.ATTENTION_MASK] = past.attention_mask(pad_lengths, seq)
             feeds.update(zip(names, past.tensors))
             out = self.run(graph, feeds, dict(zip(present, past.tensors)))
             past.length += seq
             return out, past
-        feeds["pad_lengths"] = pad_lengths
+        feeds[n.PAD_LENGTHS] = pad_lengths
         feeds.update(zip(names, past))
         return self.run(graph, feeds), None
 
     def prefix(self, inputs_embeds, position_ids, vision_start, pad_lengths, past):
         """Layers ``[0, L)`` → ``hidden [B, S, D]``, present KV (2 per layer), ``scores [B, K1]``."""
-        feeds = {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "vision_start": vision_start}
-        out, kept = self._llm("llm_prefix", feeds, self._prefix_past, pad_lengths, past, inputs_embeds.shape[1])
+        feeds = {n.INPUTS_EMBEDS: inputs_embeds, n.POSITION_IDS: position_ids, n.VISION_START: vision_start}
+        out, kept = self._llm(n.LLM_PREFIX, feeds, self._prefix_past, pad_lengths, past, inputs_embeds.shape[1])
         return out[0], kept if kept is not None else out[1:-1], out[-1]
 
     def suffix(self, hidden, position_ids, pad_lengths, past):
         """Layers ``[L, N)``, norm, lm_head → ``logits [B, V]``, present KV."""
-        feeds = {"hidden_states": hidden, "position_ids": position_ids}
-        out, kept = self._llm("llm_suffix", feeds, self._suffix_past, pad_lengths, past, hidden.shape[1])
+        feeds = {n.HIDDEN_STATES: hidden, n.POSITION_IDS: position_ids}
+        out, kept = self._llm(n.LLM_SUFFIX, feeds, self._suffix_past, pad_lengths, past, hidden.shape[1])
         return out[0], kept if kept is not None else out[1:]
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -139,21 +126,3 @@ class Backend(ABC):
 
     def __exit__(self, *exc):
         self.close()
-
-
-BACKENDS = ("ort", "trt", "torch")
-
-
-def make_backend(name: str, directory: Path, manifest: Manifest, device: str = "auto", llm_graphs: str = "auto") -> Backend:
-    """An engine backend for ``directory`` (``torch`` is not one: it runs the reference).
-    ``llm_graphs`` picks the ort backend's LLM graphs (:class:`~nuwa_export.runtime.ort_backend.OrtBackend`);
-    TensorRT always builds the standard ones."""
-    if name == "ort":
-        from nuwa_export.runtime.ort_backend import OrtBackend
-
-        return OrtBackend(directory, manifest, device, llm_graphs=llm_graphs)
-    if name == "trt":
-        from nuwa_export.runtime.trt_backend import TrtBackend
-
-        return TrtBackend(directory, manifest, device)
-    raise NuwaError(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")

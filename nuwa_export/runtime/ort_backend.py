@@ -11,15 +11,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from nuwa_export import names as n
 from nuwa_export.errors import NuwaError
-from nuwa_export.export.manifest import Manifest
-from nuwa_export.runtime.backend import Backend, output_specs
+from nuwa_export.manifest import Manifest
+from nuwa_export.precision import name_of, numpy_dtype
+from nuwa_export.runtime.backend import Backend
 
-#: ONNX Runtime element type per torch dtype (IOBinding takes NumPy dtypes)
-_ELEMENT = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32, torch.bool: np.bool_}
+
+def _element(dtype: torch.dtype):
+    """The NumPy type IOBinding takes for a torch dtype."""
+    return numpy_dtype(name_of(dtype))
 
 
 def _one_line(e: BaseException) -> str:
@@ -81,7 +84,7 @@ class OrtBackend(Backend):
         cuda = self.providers[0].startswith("CUDA")
         # ONNX Runtime's CUDA GroupQueryAttention kernels are float16/bfloat16: with a float32
         # export, ``auto`` keeps the standard graphs on CUDA (not run here: no onnxruntime-gpu)
-        self.in_place = llm_graphs == "ort" or (llm_graphs == "auto" and bool(manifest.ort_graphs) and not (cuda and manifest.llm.dtype == "float32"))
+        self.in_place = llm_graphs == "ort" or (llm_graphs == "auto" and bool(manifest.ort_graphs) and not (cuda and manifest.precision.io == "float32"))
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # fatal only: errors come back as exceptions, reported in one line
@@ -90,7 +93,7 @@ class OrtBackend(Backend):
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
         llm_opts = opts
-        if manifest.llm.dtype != "float32" and self.providers[0] == "CPUExecutionProvider":
+        if manifest.precision.float_type != "float32" and self.providers[0] == "CPUExecutionProvider":
             # ORT's CPU MatMul has no float16 kernel on x86: it runs float16 nodes in float32
             # behind inserted Casts. Full optimisation folds those into float32 copies of every
             # weight (twice the memory: 27 GB for 7B), so: basic optimisation (weights stay
@@ -107,7 +110,7 @@ class OrtBackend(Backend):
                 llm_opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
         llm = manifest.ort_graphs if self.in_place else manifest.graphs
-        files = {"vision": manifest.graphs["vision"].file, "llm_prefix": llm["llm_prefix"].file, "llm_suffix": llm["llm_suffix"].file}
+        files = {n.VISION: manifest.graphs[n.VISION].file, **{g: llm[g].file for g in n.LLM_GRAPHS}}
 
         def session(graph: str, options):
             file = files[graph]
@@ -119,7 +122,7 @@ class OrtBackend(Backend):
         self._files = files
         self._errors = _ort_errors()
 
-        self.sessions = {"vision": session("vision", opts), "llm_prefix": session("llm_prefix", llm_opts), "llm_suffix": session("llm_suffix", llm_opts)}
+        self.sessions = {n.VISION: session(n.VISION, opts), **{g: session(g, llm_opts) for g in n.LLM_GRAPHS}}
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self._bind_device = ("cuda", self.device.index) if cuda else ("cpu", 0)
 
@@ -132,14 +135,14 @@ class OrtBackend(Backend):
         for name, t in inputs.items():
             t = t.contiguous()
             held.append(t)
-            io.bind_input(name, kind, index, _ELEMENT[t.dtype], tuple(t.shape), t.data_ptr())
-        plan = output_specs(self.manifest, graph, {k: tuple(v.shape) for k, v in inputs.items()}, self.in_place and graph != "vision")
+            io.bind_input(name, kind, index, _element(t.dtype), tuple(t.shape), t.data_ptr())
+        plan = self.output_plan(graph, inputs)
         for spec in plan:
             if spec.name in out:  # written where the caller says (in-place KV: the past buffer itself)
                 t = out[spec.name]
                 if tuple(t.shape) != spec.shape or t.dtype != spec.dtype or not t.is_contiguous():
                     raise NuwaError(f"{self._files[graph]}: {spec.name} cannot be written into a {list(t.shape)} {t.dtype} tensor")
-                io.bind_output(spec.name, kind, index, _ELEMENT[t.dtype], spec.shape, t.data_ptr())
+                io.bind_output(spec.name, kind, index, _element(t.dtype), spec.shape, t.data_ptr())
             else:  # allocated by ONNX Runtime on the device (its arena: no fresh pages every step)
                 io.bind_output(spec.name, kind, index)
         if kind == "cuda":  # torch wrote the inputs on its stream; ORT runs on its own
@@ -148,13 +151,13 @@ class OrtBackend(Backend):
             session.run_with_iobinding(io)
         except (*self._errors, RuntimeError) as e:  # run_with_iobinding reports a failed run as RuntimeError
             raise NuwaError(f"ONNX Runtime failed running {self._files[graph]}: {_one_line(e)}") from None
-        outputs = [out[spec.name] if spec.name in out else self._torch_view(v) for spec, v in zip(plan, io.get_outputs())]
+        outputs = [out[spec.name] if spec.name in out else self.torch_view(v) for spec, v in zip(plan, io.get_outputs())]
         for spec, t in zip(plan, outputs):
             if tuple(t.shape) != spec.shape or t.dtype != spec.dtype:
                 raise NuwaError(f"{self._files[graph]} made {spec.name} {list(t.shape)} {t.dtype}, not the export's contract {list(spec.shape)}; re-run nuwa-export")
         return outputs
 
-    def _torch_view(self, value) -> torch.Tensor:
+    def torch_view(self, value) -> torch.Tensor:
         """An ONNX Runtime output as a torch tensor over the same memory (DLPack: the public
         ``OrtValue`` has it since onnxruntime 1.2x, its C object for longer). An onnxruntime
         without DLPack gets a copy on the CPU, and a one-line refusal on CUDA."""

@@ -1,5 +1,6 @@
 """Answer questions from an export directory: the generation core (nuwa_export.generation) over
-the three graphs of one backend (:class:`EngineStages`), one request or a batch."""
+the three graphs of one backend (:class:`EngineStages`), one request or a batch. Opened through
+:func:`nuwa_export.runtime.open_runner`."""
 
 from __future__ import annotations
 
@@ -9,66 +10,53 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
 from nuwa_export import generation
+from nuwa_export import manifest as mf
+from nuwa_export import names
+from nuwa_export.errors import NuwaError
 from nuwa_export.generation import Clock, GenerationResult, Request, Transfers
-from nuwa_export.image import ImageConfig
-from nuwa_export.pruning import Budgets
-from nuwa_export.runtime.backend import Backend, make_backend
+from nuwa_export.models.families import Family
+from nuwa_export.pruning import ImagePlan
+from nuwa_export.runtime.backend import Backend
+from nuwa_export.runtime.exports import budgets_of, family_of, image_config_of, plan_of
 from nuwa_export.sampling import SamplingConfig
-
-EMBEDDINGS_FILE = "embeddings.safetensors"
-TOKENIZER_DIR = "tokenizer"
-
-
-def budgets_of(m: mf.Manifest) -> Budgets:
-    b = m.budgets
-    return Budgets(
-        b.keep, b.stage_one_keep, b.stage_two_keep, b.stage_two_layer, m.num_patches, b.num_layers, b.prune, b.keep_ratio,
-        b.per_region if b.keep_ratio is not None else None,
-    )
-
-
-def image_config_of(m: mf.Manifest) -> ImageConfig:
-    p = dict(m.preprocessing)
-    return ImageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in p.items()})
 
 
 class Pipeline:
     """An export directory and one backend; :meth:`generate` answers one question."""
 
-    def __init__(self, directory: str | Path, backend: str | Backend = "ort", device: str = "auto", llm_graphs: str = "auto",
-                 manifest: mf.Manifest | None = None) -> None:
-        """``manifest``: the directory's manifest, already read and verified (every file hashed)
-        by the caller, which opens the same export more than once; read and verified here otherwise."""
+    def __init__(self, directory: str | Path, backend: Backend, manifest: mf.Manifest) -> None:
+        """``manifest``: the directory's manifest, already read and checked
+        (:func:`~nuwa_export.runtime.exports.read_export`); ``backend`` runs its graphs."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
         self.directory = Path(directory)
-        self.manifest = manifest or mf.read(self.directory)
+        self.manifest = manifest
         self.budgets = budgets_of(self.manifest)
         self.image_config = image_config_of(self.manifest)
+        self.family: Family = family_of(self.manifest)
+        self.plan: ImagePlan = plan_of(self.manifest)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.directory / TOKENIZER_DIR)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         except Exception as e:  # a tokenizer/ that passed its sha256 yet does not load
             why = " ".join(str(e).split())[:300] or type(e).__name__
-            raise NuwaError(f"cannot load the tokenizer in {self.directory / TOKENIZER_DIR} ({why}); re-run nuwa-export") from None
+            raise NuwaError(f"cannot load the tokenizer in {self.tokenizer_dir} ({why}); re-run nuwa-export") from None
         try:
-            self.embeddings = load_file(self.directory / EMBEDDINGS_FILE)["embed_tokens"]
+            self.embeddings = load_file(self.directory / names.EMBEDDINGS)["embed_tokens"]
         except (SafetensorError, OSError, KeyError) as e:  # passed its sha256 and header check, yet broken
             why = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise NuwaError(f"cannot load {self.directory / EMBEDDINGS_FILE} ({why}); re-run nuwa-export") from None
-        self.backend = backend if isinstance(backend, Backend) else make_backend(backend, self.directory, self.manifest, device, llm_graphs)
+            raise NuwaError(f"cannot load {self.directory / names.EMBEDDINGS} ({why}); re-run nuwa-export") from None
+        self.backend = backend
+        self.name = backend.name
         self.embeddings = self.embeddings.to(self.backend.device)  # token ids are looked up where the engine runs
 
-    @property
-    def family(self):
-        """The model family adapter the export names (prompt template, grounding format)."""
-        from nuwa_export.models.families import family_named
+    def __enter__(self):
+        return self
 
-        return family_named(self.manifest.family)
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def max_batch(self) -> int:
@@ -79,11 +67,7 @@ class Pipeline:
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.directory / TOKENIZER_DIR
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return tuple(self.manifest.grid)
+        return self.directory / names.TOKENIZER_DIR
 
     def stage_one_pillars(self, image, stage_one_indices: list[int]) -> None:
         """The graphs return indices only: pillars and collectors are not told apart."""
@@ -133,11 +117,15 @@ class EngineStages:
         self.eos_token_ids = set(llm.eos_token_ids)
         self.vocab_size = llm.vocab_size
         self.family = pipeline.family
-        self.positions = self.family.positions(pipeline.grid)
+        self.plan = pipeline.plan
         self.transfers = Transfers()
 
     def clock(self) -> Clock:
         return Clock(torch.cuda.synchronize if self.device.type == "cuda" else None)
+
+    def plan_for(self, image) -> ImagePlan:
+        """The export's plan: its family's images all become the one grid it was exported for."""
+        return self.plan
 
     def check_prompt(self, prompt) -> None:
         if max(prompt.before + prompt.after, default=0) >= self.vocab_size:

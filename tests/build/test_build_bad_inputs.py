@@ -14,10 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from nuwa_export.build.engine import Profile, build_engine, check_plugin_library
-from nuwa_export.cli import build_main
+from nuwa_export import manifest as mf
+from nuwa_export.contract import Numbers
+from nuwa_export.models.families import family_named
+from nuwa_export.runtime.exports import read_export
+from nuwa_export.build.engine import Profile, build_engine
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
+from nuwa_export.names import MANIFEST
+from nuwa_export.runtime.tensorrt import check_plugin_library
+from nuwa_export.tools.build import main as build_main
 from tests.helpers import assert_one_line, tree
 
 RTX = ["--builder", "tensorrt-rtx"]
@@ -32,9 +37,9 @@ def export_copy(demo_export, tmp_path):
 
 def _edit_profiles(d: Path, fn) -> None:
     """Change ``engine_profiles`` in manifest.json (not among the hashed files)."""
-    m = json.loads((d / mf.FILENAME).read_text())
+    m = json.loads((d / MANIFEST).read_text())
     fn(m["engine_profiles"], m)
-    (d / mf.FILENAME).write_text(json.dumps(m))
+    (d / MANIFEST).write_text(json.dumps(m))
 
 
 def _build(capsys, argv) -> tuple[int, str]:
@@ -82,7 +87,18 @@ def test_bad_profiles_are_one_line_before_any_engine_is_built(export_copy, tmp_p
 
 
 def test_good_profiles_pass_the_profile_checks(demo_export):
-    mf.read(demo_export)  # the profiles nuwa-export writes (past 0 in prefill, seq 1 in decode) pass
+    """The profiles nuwa-export writes come from the graph contract, pass every check, and are a
+    prefill (no past) and a one-token decode profile per LLM graph."""
+    m = read_export(demo_export)  # raises on a profile that breaks a rule
+    contract = family_named(m.family).contract(Numbers.of_manifest(m))
+    for graph in ("llm_prefix", "llm_suffix"):
+        prefill, decode = m.engine_profiles[graph]
+        first = "inputs_embeds" if graph == "llm_prefix" else "hidden_states"
+        pasts = [k for k in prefill if k.startswith("past_")]
+        assert pasts and all(prefill[k][i][2] == 0 for k in pasts for i in range(3))  # prefill: past 0
+        assert decode[first] == [[b, 1, m.llm.hidden_size] for b in (1, 8, 8)]  # decode: one token, batch 1..max_batch
+        assert set(prefill) == set(contract.graphs[graph].input_names)  # every input of the graph, as the contract says
+    assert m.engine_profiles["vision"] == [{"pixel_values": [[1, 3, 224, 224]] * 3}]
 
 
 @pytest.mark.trt_rtx

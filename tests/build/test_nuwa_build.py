@@ -7,13 +7,14 @@ import shutil
 
 import pytest
 
-from nuwa_export.build import sidecar as sc
+from nuwa_export import manifest as mf
 from nuwa_export.build.builder import build
 from nuwa_export.build.targets import GIB, TARGETS
-from nuwa_export.cli import build_main, run_main
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
+from nuwa_export.runtime import sidecar as sc
 from nuwa_export.runtime.trt_backend import checked_sidecars
+from nuwa_export.tools.build import main as build_main
+from nuwa_export.tools.run import main as run_main
 
 
 def test_targets():
@@ -154,7 +155,6 @@ def test_float16_export_builds_strongly_typed(checkpoint_factory, tmp_path, caps
     asking for fp32 engines from float16 graphs is refused."""
     pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed (pip install tensorrt-rtx-cu13)")
     from nuwa_export.export.pipeline import export
-
     from tests.helpers import SMALL
 
     d = tmp_path / "exp"

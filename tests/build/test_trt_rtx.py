@@ -6,7 +6,6 @@ import pytest
 
 from nuwa_export.build.engine import Profile, build_engine, parse
 from nuwa_export.errors import NuwaError
-
 from tests.helpers import cuda_device_count
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed (pip install tensorrt-rtx-cu13)")
@@ -57,7 +56,7 @@ def _profiles(manifest, graph):
 
 @pytest.mark.parametrize("graph", ["llm_prefix", "llm_suffix"])
 def test_llm_graphs_build_with_prefill_and_decode_profiles(demo_export, graph):
-    from nuwa_export.export import manifest as mf
+    from nuwa_export import manifest as mf
 
     m = mf.read(demo_export)
     profiles = _profiles(m, graph)
@@ -77,7 +76,7 @@ def test_llm_graphs_build_with_prefill_and_decode_profiles(demo_export, graph):
     from tests.helpers import cuda_device_count
 
     if cuda_device_count():  # TensorRT for RTX builds without a GPU but deserialises only with one
-        from nuwa_export.build.engine import import_tensorrt
+        from nuwa_export.runtime.tensorrt import import_tensorrt
 
         trt = import_tensorrt("tensorrt-rtx")
         engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan)
@@ -88,7 +87,7 @@ def test_llm_graphs_build_with_prefill_and_decode_profiles(demo_export, graph):
 def test_qwen_graphs_build(qwen_export_factory, graph):
     """Qwen2.5-VL on an odd 11x11 grid: window attention and Qwen's swarm in the vision graph
     (function inlined), M-RoPE positions [3, batch, seq] in the LLM graphs' profiles."""
-    from nuwa_export.export import manifest as mf
+    from nuwa_export import manifest as mf
 
     d = qwen_export_factory(0.25, 308)
     m = mf.read(d)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from nuwa_export.eval import grounding, metrics, normalize
-from nuwa_export.eval.tasks import BBOX_REC_PROMPT, get_task
+from nuwa_export import boxes
+from nuwa_export.eval import metrics, normalize
+from nuwa_export.eval.tasks import get_task
 from nuwa_export.image import ImageConfig
+from nuwa_export.models.families.llava.grounding import BBOX_REC_PROMPT
 
 REFCOCO = get_task("refcoco")
 SIZE = (640, 480)  # padded to 640x640 with 80-pixel bands above and below
@@ -58,7 +60,7 @@ def test_box_outside_the_image_padded_is_clipped_to_the_image():
 
 def test_the_two_conventions_differ_on_a_non_square_image():
     """A box in the padded square is exact under ``padded`` and off under ``lmms-eval``."""
-    padded = grounding.to_padded((64, 48, 320, 240), *SIZE, ImageConfig(size=336))
+    padded = boxes.to_padded((64, 48, 320, 240), *SIZE, ImageConfig(size=336))
     answer = "[" + ", ".join(f"{v:.6f}" for v in padded) + "]"
     assert _score(answer, "padded")["iou"] == pytest.approx(1.0, abs=1e-5)
     assert padded == pytest.approx((0.1, 0.2, 0.5, 0.5))  # y: (48 + 80) / 640 and (240 + 80) / 640

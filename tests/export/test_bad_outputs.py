@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from nuwa_export.atomic import atomic_dir, write_file
-from nuwa_export.cli import _guard, export_main
 from nuwa_export.errors import NuwaError
+from nuwa_export.tools.common import guard
+from nuwa_export.tools.export import main as export_main
 from tests.helpers import BIN, assert_one_line, read_only_argv, tree
 
 
@@ -110,7 +111,7 @@ class _SwallowedCtrlC:
 
 def _guarded(main, capsys):
     handler = signal.getsignal(signal.SIGINT)
-    code = _guard("nuwa-test", main, [])
+    code = guard("nuwa-test", main, [])
     assert signal.getsignal(signal.SIGINT) is handler  # in-process: the previous handler is back
     return code, capsys.readouterr().err
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from nuwa_export.cli import export_main
 from nuwa_export.errors import NuwaError
 from nuwa_export.export import pipeline
+from nuwa_export.tools.export import main as export_main
 
 BIN = Path(sys.executable).parent
 
@@ -141,8 +141,8 @@ sys.meta_path.insert(0, Block())
 
 def test_help_and_import_without_onnxruntime_or_tensorrt():
     code = BLOCK + (
-        "import nuwa_export, nuwa_export.cli, nuwa_export.export.pipeline, nuwa_export.build.engine\n"
-        "from nuwa_export.cli import export_main, export_parser\n"
+        "import nuwa_export, nuwa_export.tools.export, nuwa_export.export.pipeline, nuwa_export.build.engine, nuwa_export.runtime.runner\n"
+        "from nuwa_export.tools.export import main as export_main, parser as export_parser\n"
         "print(export_parser().format_help())\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -151,7 +151,7 @@ def test_help_and_import_without_onnxruntime_or_tensorrt():
 
 
 def test_missing_onnxruntime_is_one_line(demo_dir, tmp_path):
-    code = BLOCK + f"from nuwa_export.cli import export_main; sys.exit(export_main(['--model', {str(demo_dir)!r}, '--out', {str(tmp_path / 'x')!r}, '--no-ort-graphs']))"
+    code = BLOCK + f"from nuwa_export.tools.export import main as export_main; sys.exit(export_main(['--model', {str(demo_dir)!r}, '--out', {str(tmp_path / 'x')!r}, '--no-ort-graphs']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "nuwa-export: error: onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"

@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from nuwa_export.cli import export_main, run_main, verify_main
-from nuwa_export.export import manifest as mf
+from nuwa_export import manifest as mf
 from nuwa_export.export.pipeline import export
-from nuwa_export.run import reference_for_export
+from nuwa_export.precision import Precision
 from nuwa_export.runtime.backend import Backend
-from nuwa_export.runtime.pipeline import Pipeline
-from nuwa_export.verify import POLICIES, check, near_tie_sets, near_tie_tokens, record
-
+from nuwa_export.runtime.runner import open_runner, reference_for_export
+from nuwa_export.tools.export import main as export_main
+from nuwa_export.tools.run import main as run_main
+from nuwa_export.tools.verify import main as verify_main
+from nuwa_export.verify.checks import (
+    POLICIES,
+    check,
+    near_tie_sets,
+    near_tie_tokens,
+    record,
+)
 from tests.helpers import SMALL, record_ort_sessions
 
 FP16 = POLICIES["float16"]
@@ -44,7 +51,7 @@ def test_graph_and_asset_dtypes(fp16_export):
     from safetensors.numpy import load_file
 
     m = mf.read(fp16_export)
-    assert m.llm.dtype == "float16"
+    assert m.precision == Precision.of("float16")
     dtypes = lambda graph, side: {t.name: t.dtype for t in getattr(m.graphs[graph], side)}  # noqa: E731
     assert set(dtypes("vision", "inputs").values()) == {"float32"}
     assert dtypes("vision", "outputs")["image_tokens"] == "float32"
@@ -96,7 +103,7 @@ def test_ort_cpu_keeps_float16_weights_unfolded(fp16_export, monkeypatch, llm_gr
     m = mf.read(fp16_export)
     graphs = {**m.graphs, **(m.ort_graphs if llm_graphs == "ort" else {})}
     sessions = record_ort_sessions(monkeypatch)
-    pipeline = Pipeline(fp16_export, "ort", "cpu", llm_graphs=llm_graphs)
+    pipeline = open_runner(fp16_export, backend="ort", device="cpu", llm_graphs=llm_graphs)
     try:
         for graph in ("llm_prefix", "llm_suffix"):
             opts = sessions[graphs[graph].file].get_session_options()
@@ -154,7 +161,7 @@ def test_policy_catches_a_wrong_graph(fp16_export, fp16_record, skew, failing):
     from nuwa_export.runtime.ort_backend import OrtBackend
 
     m = mf.read(fp16_export)
-    pipeline = Pipeline(fp16_export, _Skewed(OrtBackend(fp16_export, m, "cpu"), **skew))
+    pipeline = open_runner(fp16_export, backend=_Skewed(OrtBackend(fp16_export, m, "cpu"), **skew))
     try:
         checks = {c.stage: c for c in check(pipeline, fp16_record)}
     finally:
@@ -166,7 +173,7 @@ def test_policy_accepts_float16_rounding_noise(fp16_export, fp16_record):
     from nuwa_export.runtime.ort_backend import OrtBackend
 
     m = mf.read(fp16_export)
-    pipeline = Pipeline(fp16_export, _Skewed(OrtBackend(fp16_export, m, "cpu"), noise=2e-3))
+    pipeline = open_runner(fp16_export, backend=_Skewed(OrtBackend(fp16_export, m, "cpu"), noise=2e-3))
     try:
         checks = {c.stage: c for c in check(pipeline, fp16_record)}
     finally:

@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nuwa_export.atomic import UTF8_ONLY, check_dir_target, check_output_file, check_utf8_path
-from nuwa_export.cli import export_main, run_main
+from nuwa_export.atomic import (
+    UTF8_ONLY,
+    check_dir_target,
+    check_output_file,
+    check_utf8_path,
+)
 from nuwa_export.errors import NuwaError
+from nuwa_export.tools.export import main as export_main
+from nuwa_export.tools.run import main as run_main
 from tests.helpers import assert_one_line, tree
 
 
@@ -80,24 +86,24 @@ def test_show_tokens_format_pillow_cannot_write_is_refused_up_front(tmp_path, ca
 
 @pytest.mark.parametrize("name", ["box.psd", "box.xbm"])
 def test_grounding_draw_refuses_what_pillow_cannot_write(tmp_path, name):
-    from nuwa_export.eval import grounding
+    from nuwa_export.overlay import draw_box
 
     with pytest.raises(NuwaError, match="Pillow"):
-        grounding.draw(Image.new("RGB", (8, 8)), (1, 1, 6, 6), tmp_path / name, "x")
+        draw_box(Image.new("RGB", (8, 8)), (1, 1, 6, 6), tmp_path / name, "x")
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name,magic", [("box.tif", (b"II*\x00", b"MM\x00*")), ("box.jpg", (b"\xff\xd8",)), ("box.PNG", (b"\x89PNG",))])
 def test_grounding_draw_writes_every_extension_the_check_accepts(tmp_path, name, magic):
     """Its format came from the suffix (``.tif`` → 'TIF', which Pillow does not know)."""
-    from nuwa_export.eval import grounding
+    from nuwa_export.overlay import draw_box
 
-    grounding.draw(Image.new("RGB", (8, 8)), (1, 1, 6, 6), tmp_path / name, "x")
+    draw_box(Image.new("RGB", (8, 8)), (1, 1, 6, 6), tmp_path / name, "x")
     assert (tmp_path / name).read_bytes().startswith(magic)
 
 
 def test_plot_without_matplotlib_is_refused_before_profiling(tmp_path, monkeypatch):
-    from nuwa_export.profile_report import check_plot_path
+    from nuwa_export.profile.report import check_plot_path
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
     with pytest.raises(NuwaError, match="--plot needs matplotlib"):
@@ -107,7 +113,7 @@ def test_plot_without_matplotlib_is_refused_before_profiling(tmp_path, monkeypat
 def test_plot_formats_are_ones_matplotlib_writes(tmp_path):
     from matplotlib.figure import Figure
 
-    from nuwa_export.profile_report import PLOT_FORMATS, check_plot_path
+    from nuwa_export.profile.report import PLOT_FORMATS, check_plot_path
 
     for ext in PLOT_FORMATS:
         assert ext.lstrip(".") in Figure().canvas.get_supported_filetypes()

@@ -10,13 +10,13 @@ import onnx
 import pytest
 import torch
 
+from nuwa_export import manifest as mf
 from nuwa_export.constants import OP_DOMAIN, OP_NAME
-from nuwa_export.export import manifest as mf
 from nuwa_export.export import ops
 from nuwa_export.export.pipeline import export
 from nuwa_export.export.validate import ort_session
-from nuwa_export.pruning import resolve_budgets
-from nuwa_export.reference import Reference, StageOneOptions
+from nuwa_export.pruning import BudgetRequest
+from nuwa_export.runtime.runner import open_runner
 
 
 def _swarm_nodes(model):
@@ -73,8 +73,7 @@ def test_plugin_variant_needs_the_plugin(demo_export):
 
 @pytest.mark.parametrize("batch", [1, 4])
 def test_ort_matches_reference_at_other_batches(demo_export, loaded_demo, batch):
-    p = loaded_demo.parts
-    ref = Reference(loaded_demo, resolve_budgets(p.num_patches, p.num_layers))
+    ref = open_runner(loaded_demo)
     g = torch.Generator().manual_seed(batch)
     pixels = torch.randn(batch, 3, 224, 224, generator=g)
     pixels[0] = ref.pixel_values(loaded_demo.path / "example.png")[0]
@@ -97,8 +96,7 @@ def test_function_body_reads_its_attributes(demo_export, loaded_demo, tmp_path):
     edited, idx = ort_session(tmp_path / "edited.onnx").run(None, {"pixel_values": pixels.numpy()})
     original, _ = ort_session(demo_export / "vision.onnx").run(None, {"pixel_values": pixels.numpy()})
     assert not np.allclose(edited, original, atol=1e-3)
-    p = loaded_demo.parts
-    ref = Reference(loaded_demo, resolve_budgets(p.num_patches, p.num_layers), StageOneOptions(None, 280.0, 0.0))
+    ref = open_runner(loaded_demo, budgets=BudgetRequest(distance=280.0, percentile=0.0))
     np.testing.assert_allclose(edited, ref.vision(pixels).tokens.numpy(), atol=1e-4, rtol=1e-4)
 
 
@@ -135,8 +133,7 @@ def test_op_body_equals_torch_op(ties, tmp_path):
 def test_export_with_other_budgets_and_options(demo_dir, loaded_demo, tmp_path):
     m = export(str(demo_dir), tmp_path / "k64", keep=64, per_region=2, distance=50, percentile=0.3, progress=False, ort_graphs=False)
     assert (m.budgets.stage_one_keep, m.budgets.per_region, m.budgets.distance) == (112, 2, 50.0)
-    p = loaded_demo.parts
-    ref = Reference(loaded_demo, resolve_budgets(p.num_patches, p.num_layers, keep=64), StageOneOptions(2, 50.0, 0.3))
+    ref = open_runner(loaded_demo, budgets=BudgetRequest(keep=64, per_region=2, distance=50.0, percentile=0.3))
     px = ref.pixel_values(demo_dir / "example.png")
     tokens, idx = ort_session(tmp_path / "k64" / "vision.onnx").run(None, {"pixel_values": px.numpy()})
     want = ref.vision(px)
@@ -152,17 +149,24 @@ def test_export_without_pruning(demo_dir, tmp_path):
 
 
 def test_export_is_deterministic(demo_dir, demo_export, tmp_path):
-    export(str(demo_dir), tmp_path / "again", progress=False)
+    """Another process exports the same bytes: nothing of the process (object addresses the
+    exporter writes into node metadata, say) reaches an export."""
+    import subprocess
+
+    from tests.helpers import BIN
+
+    done = subprocess.run([str(BIN / "nuwa-export"), "--model", str(demo_dir), "--out", str(tmp_path / "again")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
     first, again = mf.read(demo_export), mf.read(tmp_path / "again")
     assert again.files == first.files  # every file, byte for byte (sha256)
+    assert b" at 0x" not in (tmp_path / "again" / "llm_prefix.ort.onnx").read_bytes()
 
 
 def test_exported_graphs_carry_no_local_source_paths(demo_export):
     """The exporter's per-node stack traces name this machine's files: they are dropped, so an
     export's bytes do not depend on where nuwa-export is installed."""
     import nuwa_export
-
-    from nuwa_export.export.llm import STACK_TRACE_KEY
+    from nuwa_export.names import STACK_TRACE_KEY
 
     root = str(Path(nuwa_export.__file__).resolve().parent.parent).encode()
     for name in ("vision.onnx", "vision.plugin.onnx", "llm_prefix.onnx", "llm_suffix.onnx"):

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from nuwa_export.errors import NuwaError
-from nuwa_export.pruning import budgets, decode_position, default_keep, position_ids, resolve_budgets
+from nuwa_export.pruning import (
+    budgets,
+    decode_position,
+    default_keep,
+    position_ids,
+    resolve_budgets,
+)
 
 
 def test_positions_keep_the_spatial_frame():

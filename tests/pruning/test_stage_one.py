@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nuwa_export.errors import NuwaError
-from nuwa_export.pruning import aggregation_weights, default_per_region, separation, stage_one
+from nuwa_export.pruning import (
+    aggregation_weights,
+    default_per_region,
+    separation,
+    stage_one,
+)
 
 
 def plain_stage_one(agg, sim, a, h, w, keep, n, distance=280.0, percentile=0.55):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def quantized_factory(demo_export, tmp_path_factory):
     """``make(precision) -> Path``: ``demo_export`` through nuwa-quantize (default set), once each."""
@@ -35,7 +36,7 @@ def float_records(demo_export, tmp_path_factory):
     """The float export's records on :data:`HELD_OUT` (what the policy tests hold quantized graphs to)."""
     import json
 
-    from nuwa_export.export import manifest as mf
+    from nuwa_export import manifest as mf
     from nuwa_export.quant import calib
 
     d = tmp_path_factory.mktemp("held-out")

@@ -10,13 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from nuwa_export.cli import verify_main
+from nuwa_export import manifest as mf
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
-from nuwa_export.quant import policy as qp
-from nuwa_export.quant.quantize import _validate
+from nuwa_export.quant.quantize import validate_quantized
+from nuwa_export.tools.verify import main as verify_main
+from nuwa_export.verify import quantized as qp
+from tests.helpers import rehash
 from tests.quant.breakage import scale_weight_dequant, shift_positions_after_image
-from tests.runtime.test_bad_exports import _rehash
 
 pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[quantize]')")
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def _copy(src, tmp_path):
 @pytest.mark.parametrize("precision", ["int8", "int4-awq"])
 def test_real_graphs_pass_on_requests_they_were_not_calibrated_on(quantized_factory, float_records, precision):
     d = quantized_factory(precision)
-    v = _validate(d, mf.read(d), float_records, qp.policy_for(precision))
+    v = validate_quantized(d, mf.read(d), float_records, qp.policy_for(precision))
     assert all(c["ok"] for c in v["checks"])
 
 
@@ -47,17 +47,17 @@ def test_real_graphs_pass_on_requests_they_were_not_calibrated_on(quantized_fact
 def test_a_broken_weight_scale_is_rejected(quantized_factory, float_records, tmp_path, precision, graph, index, stage):
     out = _copy(quantized_factory(precision), tmp_path)
     scale_weight_dequant(out / graph, index, 2.0)
-    _rehash(out)
+    rehash(out)
     with pytest.raises(NuwaError, match=f"validation failed: {stage}"):
-        _validate(out, mf.read(out), float_records, qp.policy_for(precision))
+        validate_quantized(out, mf.read(out), float_records, qp.policy_for(precision))
 
 
 def test_shifted_positions_are_rejected(quantized_factory, float_records, tmp_path, capsys):
     out = _copy(quantized_factory("int8"), tmp_path)
     shift_positions_after_image(out / "llm_prefix.onnx", 8)
-    _rehash(out)
+    rehash(out)
     with pytest.raises(NuwaError, match="validation failed: hidden at split: cosine"):
-        _validate(out, mf.read(out), float_records, qp.policy_for("int8"))
+        validate_quantized(out, mf.read(out), float_records, qp.policy_for("int8"))
     # nuwa-verify holds one request to the same policy
     assert verify_main([str(out), "--json", "--max-new-tokens", "8"]) == 1
     report = json.loads(capsys.readouterr().out)

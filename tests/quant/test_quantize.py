@@ -10,10 +10,16 @@ import numpy as np
 import onnx
 import pytest
 
-from nuwa_export.cli import build_main, quantize_main, run_main, verify_main
+from nuwa_export import manifest as mf
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
+from nuwa_export.names import MANIFEST
+from nuwa_export.precision import Precision
 from nuwa_export.quant import PRECISIONS
+from nuwa_export.runtime.exports import read_export
+from nuwa_export.tools.build import main as build_main
+from nuwa_export.tools.quantize import main as quantize_main
+from nuwa_export.tools.run import main as run_main
+from nuwa_export.tools.verify import main as verify_main
 
 pytest.importorskip("modelopt.onnx.quantization", reason="nvidia-modelopt not installed (pip install -e '.[quantize]')")
 pytestmark = pytest.mark.slow
@@ -22,13 +28,13 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 def test_each_precision_is_validated_and_recorded(quantized_factory, demo_export, precision):
     out = quantized_factory(precision)
-    m = mf.read(out)  # every file hashed, graphs checked against the manifest
+    m = read_export(out)  # every file hashed, graphs checked against the manifest
     q = m.quantization
-    assert q.precision == precision and q.method == PRECISIONS[precision][1]
+    assert m.precision == Precision.of(precision, "float32") and q.method == PRECISIONS[precision][1]
     assert q.block_size == (128 if precision.startswith("int4") else None)  # the demo's 128 / 256-wide weights
     assert set(q.graphs) == {"llm_prefix", "llm_suffix"} and "vision" not in q.graphs
     source = mf.read(demo_export)
-    assert q.source_manifest_sha256 == mf.sha256_file(demo_export / mf.FILENAME)
+    assert q.source_manifest_sha256 == mf.sha256_file(demo_export / MANIFEST)
     for graph in ("llm_prefix", "llm_suffix"):
         assert q.graphs[graph].source_sha256 == source.files[source.graphs[graph].file].sha256
         model = onnx.load(str(out / m.graphs[graph].file), load_external_data=False)
@@ -114,7 +120,7 @@ def test_calibration_batches_follow_max_batch(demo_export, tmp_path):
 
 
 def test_validation_failure_leaves_nothing(demo_export, tmp_path, monkeypatch, capsys):
-    from nuwa_export.quant import policy
+    from nuwa_export.verify import quantized as policy
 
     monkeypatch.setitem(policy.POLICIES, "int4-rtn", policy.QuantPolicy("int4-rtn", 0.9999, 0.9999, 1.0, 1.0, 0.0))
     out = tmp_path / "q"
@@ -179,19 +185,19 @@ def test_build_precision_rules():
 
 
 def test_manifest_refuses_quantized_export_with_ort_graphs(quantized_factory, demo_export, tmp_path):
-    from tests.runtime.test_bad_exports import _rehash
+    from tests.helpers import rehash
 
     out = tmp_path / "q"
     shutil.copytree(quantized_factory("int8"), out)
-    data = json.loads((out / mf.FILENAME).read_text())
-    data["ort_graphs"] = json.loads((demo_export / mf.FILENAME).read_text())["ort_graphs"]
+    data = json.loads((out / MANIFEST).read_text())
+    data["ort_graphs"] = json.loads((demo_export / MANIFEST).read_text())["ort_graphs"]
     for g in data["ort_graphs"].values():
         shutil.copyfile(demo_export / g["file"], out / g["file"])
         data["files"][g["file"]] = {"sha256": "", "size": 0}
-    (out / mf.FILENAME).write_text(json.dumps(data))
-    _rehash(out)
+    (out / MANIFEST).write_text(json.dumps(data))
+    rehash(out)
     with pytest.raises(NuwaError, match="a quantized export lists ort_graphs"):
-        mf.read(out)
+        read_export(out)
 
 
 def _break_layer(path, layer: int, module: str = "mlp.down_proj", factor: float = 2.0) -> None:
@@ -201,7 +207,7 @@ def _break_layer(path, layer: int, module: str = "mlp.down_proj", factor: float 
 
     from onnx import numpy_helper
 
-    from nuwa_export.layerwise import SCOPE_KEY
+    from nuwa_export.names import SCOPE_KEY
 
     model = onnx.load(str(path))
     made_by = {o: n for n in model.graph.node for o in n.output}
@@ -226,12 +232,12 @@ def test_layerwise_on_quantized_graphs(quantized_factory, precision, capsys):
 @pytest.mark.parametrize("file, local, layer", [("llm_prefix.onnx", 1, 1), ("llm_suffix.onnx", 1, 3)])
 def test_layerwise_names_a_broken_quantized_layer(quantized_factory, tmp_path, capsys, file, local, layer):
     pytest.importorskip("polygraphy")
-    from tests.runtime.test_bad_exports import _rehash
+    from tests.helpers import rehash
 
     out = tmp_path / "q"
     shutil.copytree(quantized_factory("int8"), out)
     _break_layer(out / file, local)
-    _rehash(out)
+    rehash(out)
     assert verify_main([str(out), "--layerwise", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["first_failing_layer"] == layer
@@ -271,7 +277,7 @@ def test_float16_export_quantizes_keeping_float16_io(demo_dir, tmp_path):
 
     export(str(demo_dir), tmp_path / "f16", dtype="float16", ort_graphs=False, progress=False)
     m = quantize(tmp_path / "f16", tmp_path / "q", "int8", progress=False)
-    assert m.llm.dtype == "float16" and all(c["ok"] for c in m.validation["quantized"]["checks"])
+    assert m.precision.float_type == "float16" and m.precision == Precision.of("int8", "float16") and all(c["ok"] for c in m.validation["quantized"]["checks"])
     assert {t.dtype for t in m.graphs["llm_prefix"].inputs if t.name == "inputs_embeds"} == {"float16"}
     assert build(tmp_path / "q", builder="tensorrt-rtx", progress=False).precision == "int8"
 
@@ -292,7 +298,7 @@ def test_graphs_with_external_data(demo_dir, tmp_path, monkeypatch):
 
 
 def test_profile_runs_on_a_quantized_export(quantized_factory, tmp_path):
-    from nuwa_export.cli import profile_main
+    from nuwa_export.tools.profile import main as profile_main
 
     out = tmp_path / "p.json"
     assert profile_main([str(quantized_factory("int4-awq")), "--runs", "1", "--warmup", "0", "--max-new-tokens", "2", "--json", str(out)]) == 0

@@ -20,25 +20,19 @@ import pytest
 from onnx import numpy_helper
 from safetensors.numpy import save_file
 
-from nuwa_export.cli import build_main, profile_main, run_main, verify_main
-from nuwa_export.export import manifest as mf
-from tests.helpers import BIN, assert_one_line, read_only_argv, tree
-
-
-def _rehash(d: Path) -> None:
-    """Re-record size and sha256 of every listed file, as a careless (or clever) editor would."""
-    m = json.loads((d / mf.FILENAME).read_text())
-    for name in m["files"]:
-        if (d / name).is_file():
-            m["files"][name] = {"sha256": mf.sha256_file(d / name), "size": (d / name).stat().st_size}
-    (d / mf.FILENAME).write_text(json.dumps(m))
+from nuwa_export.names import MANIFEST
+from nuwa_export.tools.build import main as build_main
+from nuwa_export.tools.profile import main as profile_main
+from nuwa_export.tools.run import main as run_main
+from nuwa_export.tools.verify import main as verify_main
+from tests.helpers import BIN, assert_one_line, read_only_argv, rehash, tree
 
 
 def _manifest(fn):
     def edit(d: Path) -> None:
-        m = json.loads((d / mf.FILENAME).read_text())
+        m = json.loads((d / MANIFEST).read_text())
         fn(m)
-        (d / mf.FILENAME).write_text(json.dumps(m))
+        (d / MANIFEST).write_text(json.dumps(m))
 
     return edit
 
@@ -46,7 +40,7 @@ def _manifest(fn):
 def _file(name: str, fn):
     def edit(d: Path) -> None:
         (d / name).write_bytes(fn((d / name).read_bytes()))
-        _rehash(d)
+        rehash(d)
 
     return edit
 
@@ -56,7 +50,7 @@ def _graph(name: str, fn):
         model = onnx.load(d / name)
         fn(model)
         onnx.save(model, d / name)
-        _rehash(d)
+        rehash(d)
 
     return edit
 
@@ -64,7 +58,7 @@ def _graph(name: str, fn):
 def _embeddings(shape, dtype=np.float32, key="embed_tokens"):
     def edit(d: Path) -> None:
         save_file({key: np.zeros(shape, dtype)}, str(d / "embeddings.safetensors"))
-        _rehash(d)
+        rehash(d)
 
     return edit
 
@@ -118,7 +112,7 @@ BROKEN = {
     "truncated-embeddings": (_file("embeddings.safetensors", lambda b: b[: len(b) * 2 // 3]), "embeddings.safetensors is truncated"),
     "embeddings-offset-gap": (_file("embeddings.safetensors", _offset_gap), "embeddings.safetensors is not a safetensors file"),
     "embeddings-shape": (_embeddings((602, 64)), "holds embed_tokens [602, 64], but manifest.json llm.vocab_size and llm.hidden_size say [602, 128]"),
-    "embeddings-dtype": (_embeddings((602, 128), np.float16), "holds embed_tokens as F16, but manifest.json llm.dtype is float32"),
+    "embeddings-dtype": (_embeddings((602, 128), np.float16), "holds embed_tokens as F16, but manifest.json precision.io is float32"),
     "embeddings-name": (_embeddings((602, 128), key="weight"), "has no embed_tokens tensor"),
     "garbage-tokenizer": (_file("tokenizer/tokenizer.json", lambda b: b"{not json"), "tokenizer.json is not valid JSON"),
     "image-size": (_manifest(lambda m: m["preprocessing"].update(size=336)), "pixel_values has shape [batch, 3, 224, 224], but manifest.json preprocessing.size is 336"),
@@ -128,7 +122,9 @@ BROKEN = {
     "split": (_manifest(lambda m: m["budgets"].update(stage_two_layer=3)), "llm_prefix.onnx lacks input past_key_2"),
     "vocab": (_manifest(lambda m: m["llm"].update(vocab_size=700)), "logits has shape [batch, 602], but manifest.json llm.vocab_size is 700"),
     "kv-heads": (_manifest(lambda m: m["llm"].update(num_kv_heads=8)), "but manifest.json llm.num_kv_heads is 8"),
-    "llm-dtype": (_manifest(lambda m: m["llm"].update(dtype="float16")), "inputs_embeds is float32, but manifest.json llm.dtype is float16"),
+    "llm-dtype": (_manifest(lambda m: m["precision"].update(name="float16", weights="float16", compute="float16", kv="float16", io="float16")),
+                  "inputs_embeds is float32, but manifest.json precision.io is float16"),
+    "precision-inconsistent": (_manifest(lambda m: m["precision"].update(kv="float16")), "manifest: manifest.precision: precision"),
     "graph-swapped": (_manifest(lambda m: m["graphs"]["vision"].update(file="llm_prefix.onnx")), "manifest.json graphs.vision describes another graph"),
     "recorded-io": (_manifest(lambda m: m["graphs"]["llm_suffix"]["outputs"][0].update(shape=["batch", 601])), "does not match manifest.json graphs.llm_suffix.outputs (logits)"),
     "grid": (_manifest(lambda m: m.update(num_patches=255)), "num_patches is 255 but grid [16, 16] has 256"),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nuwa_export import manifest as mf
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
-from nuwa_export.export.llm import kv_names
+from nuwa_export.names import kv_names
 from nuwa_export.runtime.backend import output_specs
 from nuwa_export.runtime.trt_backend import choose_profile
 
@@ -73,10 +73,10 @@ def test_plan_refuses_mismatched_pasts(demo_export):
 def test_ort_outputs_reach_torch_without_dlpack_too(demo_export, monkeypatch):
     """An onnxruntime whose OrtValue has no DLPack still runs on the CPU (a copy per output)."""
     from nuwa_export.models.demo import example_picture
-    from nuwa_export.runtime.pipeline import Pipeline
+    from nuwa_export.runtime.runner import open_runner
     from nuwa_export.sampling import SamplingConfig
 
-    pipeline = Pipeline(demo_export, "ort", "cpu")
+    pipeline = open_runner(demo_export, backend="ort", device="cpu")
     cfg = SamplingConfig(max_new_tokens=5, stop_at_eos=False)
     want = pipeline.generate(example_picture(), "Hi", cfg).generated_ids
 
@@ -87,8 +87,8 @@ def test_ort_outputs_reach_torch_without_dlpack_too(demo_export, monkeypatch):
         def numpy(self):
             return self.value.numpy()
 
-    real = pipeline.backend._torch_view
-    monkeypatch.setattr(pipeline.backend, "_torch_view", lambda v: real(Plain(v)))
+    real = pipeline.backend.torch_view
+    monkeypatch.setattr(pipeline.backend, "torch_view", lambda v: real(Plain(v)))
     assert pipeline.generate(example_picture(), "Hi", cfg).generated_ids == want
 
 

@@ -15,15 +15,15 @@ import onnx
 import pytest
 import torch
 
+from nuwa_export import manifest as mf
 from nuwa_export.errors import NuwaError
-from nuwa_export.export import manifest as mf
 from nuwa_export.generation import Request
+from nuwa_export.names import MANIFEST
 from nuwa_export.runtime.kv import KVBuffers
-from nuwa_export.runtime.pipeline import Pipeline
+from nuwa_export.runtime.runner import open_runner
 from nuwa_export.sampling import SamplingConfig
-from tests.helpers import BIN, assert_one_line
-from tests.runtime.test_bad_exports import _rehash
-from tests.runtime.test_batched_generation import _noise, assert_rows_as_alone, mixed_requests
+from tests.generation.test_batched_generation import assert_rows_as_alone, mixed_requests
+from tests.helpers import BIN, assert_one_line, noise_picture, rehash
 
 
 def _ops(path: Path) -> Counter:
@@ -60,21 +60,21 @@ def test_export_validates_both_graph_pairs_alone_and_batched(demo_export):
 def test_both_graph_pairs_give_the_same_answers_batched_and_alone(demo_export):
     from nuwa_export.models.demo import example_picture
 
-    requests = mixed_requests(example_picture(), _noise(4))
+    requests = mixed_requests(example_picture(), noise_picture(4))
     answers = {}
     for graphs in ("ort", "standard"):
-        pipeline = Pipeline(demo_export, "ort", "cpu", llm_graphs=graphs)
+        pipeline = open_runner(demo_export, backend="ort", device="cpu", llm_graphs=graphs)
         assert pipeline.backend.in_place == (graphs == "ort")
         assert_rows_as_alone(pipeline, requests, batch_size=4)
         answers[graphs] = [(r.stage_one_indices, r.stage_two_indices, r.generated_ids) for r in pipeline.generate_batch(requests, 4)]
     assert answers["ort"] == answers["standard"]
-    assert Pipeline(demo_export, "ort", "cpu").backend.in_place  # what the ort backend runs by default
+    assert open_runner(demo_export, backend="ort", device="cpu").backend.in_place  # what the ort backend runs by default
 
 
 def test_a_broken_ort_graph_fails_validation_and_the_standard_pair_still_passes(demo_export, tmp_path):
     """Export validation runs on the ONNX Runtime graphs too: a wrong attention scale in them is caught."""
-    from nuwa_export.export.pipeline import _record, _validate
-    from nuwa_export.run import reference_for_export
+    from nuwa_export.export.pipeline import record_validation, validate
+    from nuwa_export.runtime.runner import reference_for_export
 
     broken = tmp_path / "broken"
     shutil.copytree(demo_export, broken)
@@ -84,13 +84,13 @@ def test_a_broken_ort_graph_fails_validation_and_the_standard_pair_still_passes(
     scale = next(a for a in node.attribute if a.name == "scale")
     scale.f *= 3.0
     onnx.save(model, str(path))
-    _rehash(broken)
-    expected = _record(reference_for_export(demo_export, mf.read(demo_export), "cpu", "float32"))
+    rehash(broken)
+    expected = record_validation(reference_for_export(demo_export, mf.read(demo_export), "cpu", "float32"))
     with pytest.raises(NuwaError, match=r"validation failed: .* on llm_prefix\.ort\.onnx, llm_suffix\.ort\.onnx"):
-        _validate(broken, expected)
+        validate(broken, expected)
     shutil.copyfile(demo_export / "llm_suffix.ort.onnx", path)
-    _rehash(broken)
-    assert _validate(broken, expected)["pipeline_ort"]["checks"]
+    rehash(broken)
+    assert validate(broken, expected)["pipeline_ort"]["checks"]
 
 
 def test_export_without_ort_graphs(demo_dir, tmp_path):
@@ -98,11 +98,11 @@ def test_export_without_ort_graphs(demo_dir, tmp_path):
     r = subprocess.run([str(BIN / "nuwa-export"), "--model", str(demo_dir), "--out", str(out), "--no-ort-graphs"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     m = mf.read(out)
-    assert m.ort_graphs == {} and "ort_graphs" not in json.loads((out / mf.FILENAME).read_text())
+    assert m.ort_graphs == {} and "ort_graphs" not in json.loads((out / MANIFEST).read_text())
     assert not list(out.glob("*.ort.onnx")) and "pipeline_ort" not in m.validation
-    assert not Pipeline(out, "ort", "cpu").backend.in_place  # the standard graphs
+    assert not open_runner(out, backend="ort", device="cpu").backend.in_place  # the standard graphs
     with pytest.raises(NuwaError, match="has no ONNX Runtime LLM graphs"):
-        Pipeline(out, "ort", "cpu", llm_graphs="ort")
+        open_runner(out, backend="ort", device="cpu", llm_graphs="ort")
     code = subprocess.run([str(BIN / "nuwa-run"), str(out), "--prompt", "Hi", "--max-new-tokens", "2"], capture_output=True, text=True)
     assert code.returncode == 0, code.stderr
 
@@ -114,7 +114,7 @@ def test_in_place_buffers_grow_when_a_caller_reserved_too_little(demo_export):
     from nuwa_export.generation.core import layouts, vision
     from nuwa_export.models.demo import example_picture
 
-    pipeline = Pipeline(demo_export, "ort", "cpu")
+    pipeline = open_runner(demo_export, backend="ort", device="cpu")
     stages = pipeline.stages()
     want = pipeline.generate(example_picture(), "Hi", SamplingConfig(max_new_tokens=6, stop_at_eos=False)).generated_ids
     batch = layouts(stages, [Request(example_picture(), "Hi")])
@@ -167,9 +167,9 @@ def test_fused_op_matches_its_own_definition():
 def test_ort_graphs_refused_when_they_do_not_match_the_manifest(demo_export, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(demo_export, bad)
-    m = json.loads((bad / mf.FILENAME).read_text())
+    m = json.loads((bad / MANIFEST).read_text())
     m["ort_graphs"]["llm_prefix"]["file"] = "llm_prefix.onnx"  # the standard graph under the ORT name
-    (bad / mf.FILENAME).write_text(json.dumps(m))
+    (bad / MANIFEST).write_text(json.dumps(m))
     r = subprocess.run([str(BIN / "nuwa-run"), str(bad), "--prompt", "Hi"], capture_output=True, text=True)
     assert_one_line("nuwa-run", r.returncode, r.stderr, "manifest.json ort_graphs.llm_prefix describes another graph")
 
@@ -182,7 +182,7 @@ def test_bad_llm_graph_choices_and_contracts_are_refused(demo_export):
     with pytest.raises(NuwaError, match="unknown LLM graphs 'fused' \\(choose from auto, ort, standard\\)"):
         OrtBackend(demo_export, m, "cpu", llm_graphs="fused")
     llm = m.llm
-    shapes = {"inputs_embeds": (1, 2, llm.hidden_size), **{n: (1, llm.num_kv_heads, 8, llm.head_dim) for n in
+    shapes = {"inputs_embeds": (1, 2, llm.hidden_size), "position_ids": (1, 2), "vision_start": (1,), **{n: (1, llm.num_kv_heads, 8, llm.head_dim) for n in
                                                          [f"past_{w}_{i}" for i in range(m.budgets.stage_two_layer) for w in ("key", "value")]}}
     got = output_specs(m, "llm_prefix", {**shapes, "attention_mask": (1, 5)}, in_place=True)
     assert got[1].shape == (1, llm.num_kv_heads, 8, llm.head_dim)  # the buffers' capacity, not P + S
@@ -193,8 +193,8 @@ def test_bad_llm_graph_choices_and_contracts_are_refused(demo_export):
 def test_ort_graphs_missing_from_the_manifest_is_refused(demo_export, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(demo_export, bad)
-    m = json.loads((bad / mf.FILENAME).read_text())
+    m = json.loads((bad / MANIFEST).read_text())
     del m["ort_graphs"]["llm_suffix"]
-    (bad / mf.FILENAME).write_text(json.dumps(m))
+    (bad / MANIFEST).write_text(json.dumps(m))
     r = subprocess.run([str(BIN / "nuwa-run"), str(bad), "--prompt", "Hi"], capture_output=True, text=True)
     assert_one_line("nuwa-run", r.returncode, r.stderr, "ort_graphs.llm_suffix is missing")

@@ -5,17 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nuwa_export.export import manifest as mf
+from nuwa_export import manifest as mf
 from nuwa_export.export.pipeline import export
 from nuwa_export.models.loader import load
-from nuwa_export.pruning import resolve_budgets
-from nuwa_export.reference import Reference, StageOneOptions
-from nuwa_export.run import reference_for_export
+from nuwa_export.pruning import BudgetRequest
 from nuwa_export.runtime.backend import Backend
-from nuwa_export.runtime.pipeline import Pipeline
+from nuwa_export.runtime.runner import open_runner, reference_for_export
 from nuwa_export.sampling import SamplingConfig
-from nuwa_export.verify import compare
-
+from nuwa_export.verify.checks import compare
 from tests.helpers import SMALL, record_ort_sessions
 
 TOKENS = 24
@@ -33,7 +30,7 @@ def _assert_matches(pipeline, reference, image, prompt):
 
 def test_demo_export_matches_reference(demo_export, demo_dir):
     reference = reference_for_export(demo_export, mf.read(demo_export), "cpu", "float32")
-    pipeline = Pipeline(demo_export, "ort", "cpu")
+    pipeline = open_runner(demo_export, backend="ort", device="cpu")
     for prompt in ("What is in the picture?", "Where is the red car? Answer briefly."):
         _assert_matches(pipeline, reference, demo_dir / "example.png", prompt)
 
@@ -52,10 +49,8 @@ def test_random_checkpoints_match_reference(checkpoint_factory, tmp_path, seed, 
     out = tmp_path / "exp"
     export(str(ckpt), out, progress=False, **flags)
     loaded = load(str(ckpt), device="cpu")
-    p = loaded.parts
-    budgets = resolve_budgets(p.num_patches, p.num_layers, flags.get("keep"), layer=flags.get("layer"), prune=flags.get("prune", True))
-    reference = Reference(loaded, budgets, StageOneOptions())
-    pipeline = Pipeline(out, "ort", "cpu")
+    reference = open_runner(loaded, budgets=BudgetRequest(flags.get("keep"), layer=flags.get("layer"), prune=flags.get("prune", True)))
+    pipeline = open_runner(out, backend="ort", device="cpu")
     rng = np.random.default_rng(seed)
     from PIL import Image
 
@@ -63,7 +58,10 @@ def test_random_checkpoints_match_reference(checkpoint_factory, tmp_path, seed, 
     _assert_matches(pipeline, reference, noise, "How many people are in the image?")
     _assert_matches(pipeline, reference, ckpt / "example.png", "Describe the picture.")
     # a mixed batch gives, row for row, what each request gives alone, on both runners
-    from tests.runtime.test_batched_generation import assert_rows_as_alone, mixed_requests
+    from tests.generation.test_batched_generation import (
+        assert_rows_as_alone,
+        mixed_requests,
+    )
 
     example = Image.open(ckpt / "example.png").convert("RGB")
     for runner in (pipeline, reference):
@@ -88,9 +86,9 @@ class Recording(Backend):
 
 
 def test_two_kv_groups_and_spatial_positions(demo_export):
-    base = Pipeline(demo_export, "ort", "cpu")
+    base = open_runner(demo_export, backend="ort", device="cpu")
     rec = Recording(base.backend)
-    pipeline = Pipeline(demo_export, rec)
+    pipeline = open_runner(demo_export, backend=rec)
     res = pipeline.generate(_example(), "Where is the person?", SamplingConfig(max_new_tokens=4, stop_at_eos=False))
     b = res.budgets
     nb, nc = len(res.prompt.before), len(res.prompt.after)
@@ -113,7 +111,7 @@ def _example():
 
 def test_sampling_matches_reference(demo_export):
     reference = reference_for_export(demo_export, mf.read(demo_export), "cpu", "float32")
-    pipeline = Pipeline(demo_export, "ort", "cpu")
+    pipeline = open_runner(demo_export, backend="ort", device="cpu")
     cfg = SamplingConfig(max_new_tokens=16, temperature=0.8, top_p=0.9, seed=7, stop_at_eos=False)
     got = pipeline.generate(_example(), "Describe it.", cfg).generated_ids
     assert got == reference.generate(_example(), "Describe it.", cfg).generated_ids

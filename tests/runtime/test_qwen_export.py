@@ -10,15 +10,15 @@ from pathlib import Path
 import onnx
 import pytest
 
+from nuwa_export import manifest as mf
 from nuwa_export.constants import OP_NAME
-from nuwa_export.export import manifest as mf
+from nuwa_export.contract import Numbers
 from nuwa_export.generation import Request
 from nuwa_export.image import load_image
 from nuwa_export.models.families import family_named
-from nuwa_export.run import reference_for_export
-from nuwa_export.runtime.pipeline import Pipeline
+from nuwa_export.names import MANIFEST
+from nuwa_export.runtime.runner import open_runner, reference_for_export
 from nuwa_export.sampling import SamplingConfig
-
 from tests.helpers import BIN
 
 TOKENS = 24
@@ -30,7 +30,7 @@ def _cli(verb: str, *args) -> subprocess.CompletedProcess:
 
 
 def _requests(directory, n=3, tokens=TOKENS):
-    picture = load_image(Path(json.loads((directory / mf.FILENAME).read_text())["model"]["id"]) / "example.png")
+    picture = load_image(Path(json.loads((directory / MANIFEST).read_text())["model"]["id"]) / "example.png")
     return [Request(picture, PROMPTS[i % len(PROMPTS)], SamplingConfig(max_new_tokens=tokens)) for i in range(n)]
 
 
@@ -41,7 +41,7 @@ def test_ort_equals_the_reference_batched_and_alone(qwen_export_factory, keep_ra
     m = mf.read(d)
     assert m.family == "qwen2_5_vl" and m.budgets.keep_ratio == keep_ratio and m.budgets.self_weight is False
     assert m.validation["pipeline"]["policy"] == "float32"
-    pipeline = Pipeline(d, "ort", device="cpu")
+    pipeline = open_runner(d, backend="ort", device="cpu")
     reference = reference_for_export(d, m, device="cpu")
     try:
         requests = _requests(d)
@@ -67,9 +67,9 @@ def test_graphs_take_mrope_positions_and_carry_qwens_swarm(qwen_export_factory):
         spec = {t.name: t.shape for t in m.graphs[graph].inputs}
         assert spec["position_ids"][0] == 3 and len(spec["position_ids"]) == 3
         assert m.engine_profiles[graph][0]["position_ids"][0][0] == 3
-    declared = family_named("qwen2_5_vl").graph_io(m)
+    declared = family_named("qwen2_5_vl").contract(Numbers.of_manifest(m))
     for graph, spec in m.graphs.items():
-        assert [t.name for t in spec.inputs] == [w[0] for w in declared[graph][0]], graph
+        assert [t.name for t in spec.inputs] == declared.graphs[graph].input_names, graph
     vision = onnx.load(d / "vision.onnx")
     (node,) = [n for n in vision.graph.node if n.op_type == OP_NAME]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -89,7 +89,7 @@ def test_verbs_run_on_a_qwen_export(qwen_export_factory, tmp_path):
     assert profile.returncode == 0, profile.stderr
     assert json.loads((tmp_path / "p.json").read_text())["export"]["budgets"]["keep_ratio"] == 0.5
     requests = tmp_path / "r.jsonl"
-    image = json.loads((d / mf.FILENAME).read_text())["model"]["id"] + "/example.png"
+    image = json.loads((d / MANIFEST).read_text())["model"]["id"] + "/example.png"
     requests.write_text("".join(json.dumps({"image": image, "prompt": p, "max_new_tokens": 4}) + "\n" for p in PROMPTS))
     batch = _cli("nuwa-run", d, "--requests", requests, "--json")
     assert batch.returncode == 0, batch.stderr
@@ -111,7 +111,7 @@ def test_float16_export_validates_under_its_policy(qwen_export_factory):
     """The float16 policy's teacher-forced checks run on M-RoPE positions too."""
     d = qwen_export_factory(0.5, 224, dtype="float16")
     m = mf.read(d)
-    assert m.llm.dtype == "float16" and m.validation["pipeline"]["policy"] == "float16"
+    assert m.precision.float_type == "float16" and m.validation["pipeline"]["policy"] == "float16"
     stages = {c["stage"] for c in m.validation["pipeline"]["checks"]}
     assert any(s.startswith("greedy tokens") and "teacher-forced" in s for s in stages)
 
@@ -126,17 +126,17 @@ def test_ground_prints_a_box_or_says_there_is_none(qwen_export_factory, tmp_path
 
 def test_manifest_keys_at_their_defaults_are_left_out(qwen_export_factory, demo_export):
     """A LLaVA manifest stays readable by every reader of schema 2; a Qwen one says what differs."""
-    llava = json.loads((demo_export / mf.FILENAME).read_text())["budgets"]
-    qwen = json.loads((qwen_export_factory(0.5, 224) / mf.FILENAME).read_text())["budgets"]
+    llava = json.loads((demo_export / MANIFEST).read_text())["budgets"]
+    qwen = json.loads((qwen_export_factory(0.5, 224) / MANIFEST).read_text())["budgets"]
     assert "keep_ratio" not in llava and "self_weight" not in llava
     assert qwen["keep_ratio"] == 0.5 and qwen["self_weight"] is False
     assert mf.read(demo_export).budgets.self_weight is True
 
 
 def test_nuwa_eval_refuses_checkpoint_settings_on_an_export(qwen_export_factory):
-    from nuwa_export.cli import eval_parser
     from nuwa_export.errors import NuwaError
     from nuwa_export.eval import runner
+    from nuwa_export.tools.eval import parser as eval_parser
 
     d = qwen_export_factory(0.5, 224)
     for flags in (["--keep-ratio", "0.25"], ["--image-size", "448"]):

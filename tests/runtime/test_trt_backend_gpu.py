@@ -25,7 +25,7 @@ def test_trt_backend_matches_ort(demo_export, tmp_path):
     _gpu_trt()
     from nuwa_export.build.builder import build
     from nuwa_export.models.demo import example_picture
-    from nuwa_export.runtime.pipeline import Pipeline
+    from nuwa_export.runtime.runner import open_runner
     from nuwa_export.sampling import SamplingConfig
 
     d = tmp_path / "exp"
@@ -33,8 +33,8 @@ def test_trt_backend_matches_ort(demo_export, tmp_path):
     build(d, precision="fp32", builder="tensorrt", progress=False)
     cfg = SamplingConfig(max_new_tokens=20, stop_at_eos=False)
     trace_trt, trace_ort = {}, {}
-    got = Pipeline(d, "trt").generate(example_picture(), "What is in the picture?", cfg, trace=trace_trt)
-    want = Pipeline(d, "ort", "cpu").generate(example_picture(), "What is in the picture?", cfg, trace=trace_ort)
+    got = open_runner(d, backend="trt").generate(example_picture(), "What is in the picture?", cfg, trace=trace_trt)
+    want = open_runner(d, backend="ort", device="cpu").generate(example_picture(), "What is in the picture?", cfg, trace=trace_ort)
     assert got.stage_one_indices == want.stage_one_indices
     assert got.stage_two_indices == want.stage_two_indices
     assert got.generated_ids == want.generated_ids
