@@ -269,7 +269,7 @@ def run(runs: int, warmup: int, workdir: Path, command: str, steps: int = 8) -> 
     }
     return {
         "benchmark": NAME, "command": command, "runs": runs, "warmup": warmup, "decode_steps_per_kv_length": steps,
-        "model": {"sizes": common.BENCH_SIZES, "budgets": budgets.as_dict(), "llm_dtype": llm.dtype, "decoder": dec.as_dict()},
+        "model": {"sizes": common.BENCH_SIZES, "budgets": budgets.as_dict(), "llm_dtype": manifest.precision.float_type, "decoder": dec.as_dict()},
         "machine": mach, "versions": common.versions(), "torch_threads": torch.get_num_threads(), "limits": lim,
         "kv_lengths": {str(n): v for n, v in kv.items()},
         "batches": {str(b): v for b, v in batches.items()},

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import roofline  # noqa: E402
 
-from nuwa_export.profile import flops# noqa: E402
+from nuwa_export.profile import flops  # noqa: E402
 
 NAME = "pruning_pays"
 STAGES = ("vision", "prefix", "stage_two", "suffix", "prefill", "time_to_first_token", "decode_per_token")

@@ -19,5 +19,9 @@ GQA_DOMAIN, GQA_NAME, GQA_VERSION = "com.microsoft", "GroupQueryAttention", 1
 #: ``quantization.precision``; version 2 manifests are read and converted.
 MANIFEST_SCHEMA_VERSION = 3
 
+#: ``--backend`` choices: the engine backends of an export (``runtime.runner.make_backend``), and
+#: the PyTorch reference.
+BACKENDS = ("ort", "trt", "torch")
+
 #: Requests an export serves side by side unless ``nuwa-export --max-batch`` says otherwise.
 DEFAULT_MAX_BATCH = 8

@@ -84,8 +84,6 @@ class Graph:
     name: str  # names.VISION, names.LLM_PREFIX, ...
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
-    #: inputs holding one value per batch row (``[batch]``): the per-row lengths and offsets
-    per_row: tuple[str, ...] = ()
     #: output → the input whose buffer it is written into (KV updated in place)
     written_into: dict[str, str] = field(default_factory=dict)
     limits: tuple[Limit, ...] = ()
@@ -93,6 +91,11 @@ class Graph:
 
     def input(self, name: str) -> Tensor:
         return next(t for t in self.inputs if t.name == name)
+
+    @property
+    def per_row(self) -> list[str]:
+        """The inputs holding one value per batch row (``[batch]``): per-row lengths and offsets."""
+        return [t.name for t in self.inputs if len(t.dims) == 1 and t.dims[0].axis == n.BATCH]
 
     @property
     def input_names(self) -> list[str]:
@@ -199,7 +202,7 @@ def standard(x: Numbers, position_rows: int = 1) -> Contract:
     d = static(x.hidden_size, "llm.hidden_size")
     io = lambda name, dims: Tensor(name, x.io, dims, "precision.io")  # noqa: E731
     positions = Tensor(n.POSITION_IDS, "int64", (batch, seq) if position_rows == 1 else (static(position_rows), batch, seq))
-    per_row = lambda name: Tensor(name, "int64", (batch,))  # noqa: E731
+    row_vector = lambda name: Tensor(name, "int64", (batch,))  # noqa: E731
     vision = Graph(
         n.VISION,
         (Tensor(n.PIXEL_VALUES, "float32", (batch, static(3), s, s)),),
@@ -210,7 +213,7 @@ def standard(x: Numbers, position_rows: int = 1) -> Contract:
     logits = Tensor(n.LOGITS, "float32", (batch, static(x.vocab_size, "llm.vocab_size")))
 
     def prefix(pad: Tensor, past: str, present: str) -> tuple[tuple, tuple]:
-        return ((io(n.INPUTS_EMBEDS, (batch, seq, d)), positions, per_row(n.VISION_START), pad, *_kv(n.PAST, prefix_layers, x, past)),
+        return ((io(n.INPUTS_EMBEDS, (batch, seq, d)), positions, row_vector(n.VISION_START), pad, *_kv(n.PAST, prefix_layers, x, past)),
                 (io(n.HIDDEN_STATES, (batch, seq, d)), *_kv(n.PRESENT, prefix_layers, x, present), scores))
 
     def suffix(pad: Tensor, past: str, present: str) -> tuple[tuple, tuple]:
@@ -219,17 +222,13 @@ def standard(x: Numbers, position_rows: int = 1) -> Contract:
 
     graphs = {g.name: g for g in (vision, Graph(n.VISION_PLUGIN, vision.inputs, vision.outputs))}
     ort = {}
-    pad_lengths = per_row(n.PAD_LENGTHS)
+    pad_lengths = row_vector(n.PAD_LENGTHS)
     mask = Tensor(n.ATTENTION_MASK, "int64", (batch, axis(n.TOTAL)))
     in_place = "{graph}: an attention_mask of [{batch}, {total}] over KV buffers of {capacity} entries for {seq} new tokens"
     buffers = Limit(n.SEQ, n.TOTAL, in_place), Limit(n.TOTAL, n.CAPACITY, in_place)
-    for name, build, rows in ((n.LLM_PREFIX, prefix, (n.VISION_START, n.PAD_LENGTHS)), (n.LLM_SUFFIX, suffix, (n.PAD_LENGTHS,))):
+    for name, build in ((n.LLM_PREFIX, prefix), (n.LLM_SUFFIX, suffix)):
         inputs, outputs = build(pad_lengths, n.PAST_AXIS, f"{n.PAST_AXIS}+{n.SEQ}")
-        graphs[name] = Graph(name, inputs, outputs, rows, max_batch=x.max_batch)
+        graphs[name] = Graph(name, inputs, outputs, max_batch=x.max_batch)
         inputs, outputs = build(mask, n.CAPACITY, n.CAPACITY)
-        ort[name] = Graph(
-            name, inputs, outputs, tuple(r for r in rows if r != n.PAD_LENGTHS),
-            {t.name: n.past_of(t.name) for t in outputs if n.is_kv(t.name)},
-            buffers, x.max_batch,
-        )
+        ort[name] = Graph(name, inputs, outputs, {t.name: n.past_of(t.name) for t in outputs if n.is_kv(t.name)}, buffers, x.max_batch)
     return Contract(graphs, ort)

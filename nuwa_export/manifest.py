@@ -18,11 +18,10 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from nuwa_export import jsonio
-from nuwa_export import names
+from nuwa_export import jsonio, names
 from nuwa_export.constants import MANIFEST_SCHEMA_VERSION
 from nuwa_export.errors import NuwaError
-from nuwa_export.precision import Precision
+from nuwa_export.precision import EXPORT_DTYPES, QUANTIZED, Precision
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class QuantizationInfo:
 class Manifest:
     schema_version: int
     nuwa_export_version: str
-    family: str  # the model family adapter (nuwa_export.models.families) that exported it
+    family: str  # the model family (a folder of nuwa_export/models/families/) that exported it
     model: ModelInfo
     budgets: BudgetInfo
     grid: list[int]
@@ -243,19 +242,23 @@ def read(directory: str | Path, *, verify: bool = True) -> Manifest:
 
 def _from_schema_2(data: dict) -> dict:
     """A schema 2 manifest as schema 3: ``llm.dtype`` and ``quantization.precision`` become
-    ``precision`` (anything malformed is left for the strict reading to refuse)."""
+    ``precision``; a bad one of them is refused naming it (anything else is left for the strict
+    reading)."""
     llm, q = data.get("llm"), data.get("quantization")
-    if not isinstance(llm, dict) or "dtype" not in llm or (q is not None and not (isinstance(q, dict) and "precision" in q)):
+    if not isinstance(llm, dict) or (q is not None and not isinstance(q, dict)):
         return data
-    data = {**data, "llm": {k: v for k, v in llm.items() if k != "dtype"}, "schema_version": MANIFEST_SCHEMA_VERSION}
-    name = llm["dtype"]
+    for where, record, key in (("llm", llm, "dtype"), ("quantization", q, "precision")):
+        if record is not None and key not in record:
+            raise NuwaError(f"manifest: missing key manifest.{where}.{key}")
+    dtype, name = llm["dtype"], (q or {}).get("precision", llm["dtype"])
+    if dtype not in EXPORT_DTYPES:
+        raise NuwaError(f"manifest.json: llm.dtype is {dtype!r}, not one of {', '.join(EXPORT_DTYPES)}; re-run nuwa-export")
+    if q is not None and name not in QUANTIZED:
+        raise NuwaError(f"manifest.json: quantization.precision is {name!r}, not one of {', '.join(QUANTIZED)}; re-run nuwa-export")
+    data = {**data, "llm": {k: v for k, v in llm.items() if k != "dtype"}, "schema_version": MANIFEST_SCHEMA_VERSION,
+            "precision": Precision.of(name, dtype).as_dict()}
     if q is not None:
         data["quantization"] = {k: v for k, v in q.items() if k != "precision"}
-        name = q["precision"]
-    try:
-        data["precision"] = Precision.of(name, llm["dtype"]).as_dict()
-    except (NuwaError, TypeError):
-        data["precision"] = {"name": name, "io": llm["dtype"]}  # refused, with the field named, when built
     return data
 
 

@@ -136,7 +136,7 @@ def make_inputs(case: Case, dtype: str, seed: int):
 def reference(case: Case, features, sim, indices, scores) -> np.ndarray:
     import torch
 
-    from nuwa_export.pruning.spec import StageOneSpec, weights as merge_weights# the body of export/ops.py's op
+    from nuwa_export.pruning.spec import StageOneSpec, weights as merge_weights  # the body of export/ops.py's op
 
     f = torch.from_numpy(features)
     spec = StageOneSpec(1, case.distance, case.percentile, bool(case.self_weight))

@@ -59,3 +59,9 @@ def test_profiles_cover_every_dynamic_input():
     vision = ct.standard(X).graphs[n.VISION]
     assert vision.profile({n.BATCH: (1, 1, 1)}) == {n.PIXEL_VALUES: [[1, 3, 224, 224]] * 3}
     assert vision.max_batch is None  # the vision graph runs one image at a time but takes any batch
+
+
+def test_per_row_inputs_are_the_batch_vectors():
+    c = ct.standard(X)
+    assert c.graphs[n.LLM_PREFIX].per_row == [n.VISION_START, n.PAD_LENGTHS] and c.graphs[n.LLM_SUFFIX].per_row == [n.PAD_LENGTHS]
+    assert c.ort_graphs[n.LLM_PREFIX].per_row == [n.VISION_START] and c.graphs[n.VISION].per_row == []

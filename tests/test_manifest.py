@@ -73,3 +73,29 @@ def test_not_an_export(tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(NuwaError, match="is not valid JSON"):
         mf.read(tmp_path)
+
+
+def _as_schema_2(d: dict) -> None:
+    """What nuwa-export wrote before ``precision``: ``llm.dtype`` (and ``quantization.precision``)."""
+    d["schema_version"], d["llm"]["dtype"] = 2, d.pop("precision")["io"]
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d["llm"].update(dtype="bfloat16"), "manifest.json: llm.dtype is 'bfloat16', not one of float32, float16"),
+        (lambda d: d["llm"].pop("dtype"), "missing key manifest.llm.dtype"),
+        (lambda d: d.update(quantization={"method": "max"}), "missing key manifest.quantization.precision"),
+        (lambda d: d.update(quantization={"precision": "int3"}), "quantization.precision is 'int3', not one of int8, fp8, int4-awq, int4-rtn"),
+    ],
+)
+def test_a_bad_schema_2_manifest_names_its_own_field(copy, edit, match):
+    _edit(copy, lambda d: (_as_schema_2(d), edit(d)))
+    with pytest.raises(NuwaError, match=match):
+        mf.read(copy, verify=False)
+
+
+def test_a_schema_2_manifest_reads_as_schema_3(copy, demo_export):
+    _edit(copy, _as_schema_2)
+    old, new = mf.read(copy, verify=False), mf.read(demo_export)
+    assert old.precision == new.precision and old.schema_version == 3 and old.llm == new.llm

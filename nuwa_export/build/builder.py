@@ -11,10 +11,16 @@ from nuwa_export.build.engine import BuildOptions, Profile, build_engine, strong
 from nuwa_export.build.targets import target
 from nuwa_export.errors import NuwaError
 from nuwa_export.manifest import sha256_file
-from nuwa_export.precision import BUILD, QUANTIZED
+from nuwa_export.precision import BUILD, QUANTIZED, Precision
 from nuwa_export.progress import Steps
 from nuwa_export.runtime import sidecar as sc
-from nuwa_export.runtime.tensorrt import PLUGIN_ENV, check_plugin_library, import_tensorrt, load_plugin_library, plugin_library
+from nuwa_export.runtime.tensorrt import (
+    PLUGIN_ENV,
+    check_plugin_library,
+    import_tensorrt,
+    load_plugin_library,
+    plugin_library,
+)
 
 
 def graphs_to_build(plugin: bool) -> tuple[str, ...]:
@@ -59,7 +65,7 @@ def choose_precision(requested: str | None, tgt, typed: bool, export_dtype: str,
         return tgt.check_precision(quantized), f"the export is quantized to {quantized} (nuwa-quantize); built strongly typed"
     if requested in QUANTIZED:
         raise NuwaError(f"--precision {requested} needs a quantized export: nuwa-quantize EXPORT_DIR --precision {requested} --out DIR, then build that")
-    llm_precision = BUILD.get(export_dtype, export_dtype)
+    llm_precision = Precision.of(export_dtype).build
     if typed:
         if requested is not None and requested != llm_precision:
             raise NuwaError(

@@ -13,6 +13,7 @@ from nuwa_export.atomic import check_utf8_path
 from nuwa_export.errors import NuwaError
 from nuwa_export.runtime.tensorrt import import_tensorrt
 
+
 @dataclass(frozen=True)
 class Profile:
     """One optimisation profile: input name → (min, opt, max) shapes."""

@@ -21,7 +21,14 @@ def progress_bar(enabled: bool = True):
     """A bar per run on stderr, drawn only on an interactive terminal (``enabled`` and rich
     agreeing: not ``TERM=dumb``); elsewhere it shows nothing at all."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(file=sys.stderr)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nuwa_export.errors import NuwaError
-from nuwa_export.pruning import BudgetRequest
 
 #: The options an export fixes (its budgets and image size), as the user typed them.
 BUDGET_OPTIONS = ("keep", "keep_ratio", "image_size", "no_prune")
@@ -120,7 +119,8 @@ class _Loaded:
         return self.value
 
 
-def _reference_run(loaded: _Loaded, info, request: BudgetRequest, fp: dict) -> Run:
+def _reference_run(loaded: _Loaded, info, request, fp: dict) -> Run:
+    """``request``: a ``pruning.BudgetRequest``."""
     from nuwa_export.runtime.runner import open_runner
 
     budgets, spec = info.resolve(request)  # the family's default stage-one settings
@@ -132,6 +132,7 @@ def _reference_run(loaded: _Loaded, info, request: BudgetRequest, fp: dict) -> R
 def _checkpoint_runs(model: str, options: EvalOptions, dtype: str, vision_dtype: str | None = None, baseline_only: bool = False,
                      image_size: int | None = None):
     from nuwa_export.models.loader import inspect_checkpoint, pick_device, pick_dtype
+    from nuwa_export.pruning import BudgetRequest
 
     info = inspect_checkpoint(model, image_size if image_size is not None else options.image_size)
     loaded = _Loaded(info, dtype, options.device, vision_dtype)
@@ -159,7 +160,12 @@ def plan(options: EvalOptions) -> Plan:
     """Resolve MODEL_OR_EXPORT and the options into runs; refuses bad combinations before any work."""
     from nuwa_export import manifest as mf
     from nuwa_export import names
-    from nuwa_export.runtime.exports import budgets_of, image_config_of, is_export_dir, read_export
+    from nuwa_export.runtime.exports import (
+        budgets_of,
+        image_config_of,
+        is_export_dir,
+        read_export,
+    )
     from nuwa_export.runtime.runner import open_runner
 
     if not is_export_dir(options.model):

@@ -1,1 +1,1 @@
-"""ONNX export of LLaVA with Nüwa pruning (`nuwa-export`); see pipeline.py."""
+"""ONNX export of LLaVA-1.5 and Qwen2.5-VL with Nüwa pruning (``nuwa-export``): :mod:`.pipeline`."""

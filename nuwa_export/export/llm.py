@@ -33,7 +33,12 @@ from torch import nn
 
 from nuwa_export import contract as ct
 from nuwa_export import names as n
-from nuwa_export.models.decoder import KVCache, cache_keyword, causal_mask, decoder_stack
+from nuwa_export.models.decoder import (
+    KVCache,
+    cache_keyword,
+    causal_mask,
+    decoder_stack,
+)
 
 #: Trace sizes: not 0 or 1, which torch.export would specialise (validation uses 0 and 1).
 TRACE_SEQ, TRACE_PAST, TRACE_BATCH = 5, 3, 2

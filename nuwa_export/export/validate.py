@@ -1,4 +1,5 @@
-"""Right after export: run each graph in ONNX Runtime (CPU) and hold it to ``reference.py``."""
+"""Right after export: run the vision graph in ONNX Runtime (CPU) and hold it to the PyTorch reference
+(:mod:`nuwa_export.runtime.reference`); the LLM graphs are held to it by :mod:`nuwa_export.verify.checks`."""
 
 from __future__ import annotations
 

@@ -18,7 +18,13 @@ from typing import Any
 
 import torch
 
-from nuwa_export.generation.layout import Batch, Layout, layout_for, step_positions, take_positions
+from nuwa_export.generation.layout import (
+    Batch,
+    Layout,
+    layout_for,
+    step_positions,
+    take_positions,
+)
 from nuwa_export.generation.loop import decode_loop
 from nuwa_export.generation.result import Clock, GenerationResult, Transfers
 from nuwa_export.image import load_image, preprocess

@@ -14,7 +14,7 @@ from nuwa_export.models.families import Family, family_for
 from nuwa_export.models.families.parts import Parts
 from nuwa_export.models.registry import resolve
 from nuwa_export.precision import torch_dtype
-from nuwa_export.pruning import BudgetRequest, Budgets, ImagePlan
+from nuwa_export.pruning import BudgetRequest, Budgets
 from nuwa_export.pruning.spec import StageOneSpec
 
 
@@ -131,16 +131,9 @@ class CheckpointInfo:
     def num_layers(self) -> int:
         return self.family.num_layers(self.config)
 
-    def budgets(self, request: BudgetRequest | None = None) -> Budgets:
-        """The family's budgets for this checkpoint, refused in one line if impossible."""
-        return self.family.resolve_budgets(self.grid, self.num_layers, request or BudgetRequest())
-
     def resolve(self, request: BudgetRequest | None = None) -> tuple[Budgets, StageOneSpec]:
         """The family's budgets and stage-one settings for ``request`` (before any weight is read)."""
         return resolve_request(self.family, self.grid, self.num_layers, request)
-
-    def plan(self, budgets: Budgets) -> ImagePlan:
-        return self.family.plan(self.grid, budgets)
 
 
 def inspect_checkpoint(model: str, image_size: int | None = None) -> CheckpointInfo:

@@ -144,7 +144,11 @@ def profile(
     None: the example picture of the demo checkpoint the export came from."""
     from nuwa_export.image import load_image
     from nuwa_export.runtime.exports import read_export
-    from nuwa_export.runtime.runner import checkpoint_dir, example_picture_of, open_runner
+    from nuwa_export.runtime.runner import (
+        checkpoint_dir,
+        example_picture_of,
+        open_runner,
+    )
     from nuwa_export.sampling import SamplingConfig
 
     if runs < 1 or warmup < 0:

@@ -1,9 +1,20 @@
 """Pure tensor functions of the Nüwa algorithm (docs/algorithm.md); no transformers import and no
 model family here: a family passes its settings as parameters."""
 
-from nuwa_export.pruning.budgets import BudgetRequest, Budgets, budgets, default_keep, resolve_budgets
+from nuwa_export.pruning.budgets import (
+    BudgetRequest,
+    Budgets,
+    budgets,
+    default_keep,
+    resolve_budgets,
+)
 from nuwa_export.pruning.plan import ImagePlan, TokenGrid
-from nuwa_export.pruning.positions import MRopePositions, RopePositions, decode_position, position_ids
+from nuwa_export.pruning.positions import (
+    MRopePositions,
+    RopePositions,
+    decode_position,
+    position_ids,
+)
 from nuwa_export.pruning.stage_one import (
     aggregation_weights,
     alignment,

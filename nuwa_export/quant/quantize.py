@@ -122,7 +122,7 @@ def int4_block(paths: list[Path]) -> int:
     for path in paths:
         model = onnx.load(str(path), load_external_data=False)
         weights = {t.name: list(t.dims) for t in model.graph.initializer if len(t.dims) == 2}
-        dims.update(weights[n.input[1]][0] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights)
+        dims.update(weights[node.input[1]][0] for node in model.graph.node if node.op_type == "MatMul" and node.input[1] in weights)
     for block in INT4_BLOCKS:
         if all(d % block == 0 for d in dims):
             return block
@@ -276,7 +276,7 @@ def _summary(steps: Steps, before: mf.Manifest, after: mf.Manifest, out: Path, v
         table.add_column(col, justify="right" if col.startswith("MiB") else "left")
     q = after.quantization
     for graph, spec in after.graphs.items():
-        size = lambda m, s: sum(e.size for n, e in m.files.items() if n.startswith(s.file)) / 2**20  # noqa: E731 - with its external data
+        size = lambda m, s: sum(e.size for name, e in m.files.items() if name.startswith(s.file)) / 2**20  # noqa: E731 - with its external data
         precision = q.graphs[graph].precision if graph in q.graphs else ("float32" if graph in n.VISION_GRAPHS else after.precision.float_type)
         table.add_row(spec.file, precision, f"{size(before, before.graphs[graph]):.1f}", f"{size(after, spec):.1f}")
     steps.console.print(table)

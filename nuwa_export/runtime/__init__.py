@@ -5,11 +5,13 @@ Importing this package is cheap (``--help`` and the consistency check need no to
 below load :mod:`nuwa_export.runtime.runner` when first used.
 """
 
+from nuwa_export.constants import BACKENDS
+
 __all__ = ["BACKENDS", "Runner", "open_runner"]
 
 
 def __getattr__(name: str):
-    if name in __all__:
+    if name in ("Runner", "open_runner"):
         from nuwa_export.runtime import runner
 
         return getattr(runner, name)

@@ -94,12 +94,12 @@ class Backend(ABC):
     def _llm(self, graph: str, feeds: dict, names: list[str], pad_lengths, past, seq: int):
         """Run an LLM graph with its past KV → (its outputs, the KV group after it: the buffers
         written in place, or None when the outputs hold the new present tensors)."""
-        present = [n.present_of(name) for name in names]
         if isinstance(past, KVBuffers):
             past = past.reserve(seq)
             feeds[n.ATTENTION_MASK] = past.attention_mask(pad_lengths, seq)
             feeds.update(zip(names, past.tensors))
-            out = self.run(graph, feeds, dict(zip(present, past.tensors)))
+            # the contract's outputs written into an input's buffer: each present KV into its past
+            out = self.run(graph, feeds, {o: feeds[i] for o, i in self.contract.graph(graph, True).written_into.items()})
             past.length += seq
             return out, past
         feeds[n.PAD_LENGTHS] = pad_lengths

@@ -374,8 +374,8 @@ def _check_values(m: mf.Manifest) -> None:
         say(f"budgets.num_layers is {b.num_layers} but llm.num_layers is {llm.num_layers}")
     if not 1 <= b.stage_two_layer < llm.num_layers:
         say(f"budgets.stage_two_layer is {b.stage_two_layer}, not between 1 and llm.num_layers - 1 = {llm.num_layers - 1}")
-    if len(m.grid) != 2 or not all(_is_int(g) and g > 0 for g in m.grid):
-        say(f"grid is {m.grid}, not [rows, columns] of positive ints")
+    if len(m.grid) != 2 or not all(_is_int(g) and g > 0 for g in m.grid) or m.grid[0] != m.grid[1]:
+        say(f"grid is {m.grid}, not a square [rows, columns] of positive ints (the image is a square of preprocessing.size)")
     if m.num_patches != m.grid[0] * m.grid[1]:
         say(f"num_patches is {m.num_patches} but grid {m.grid} has {m.grid[0] * m.grid[1]}")
     if not 1 <= b.stage_two_keep <= b.stage_one_keep <= m.num_patches:
@@ -395,7 +395,7 @@ def _check_values(m: mf.Manifest) -> None:
         say(f"preprocessing.{odd} is {'unknown' if odd in p else 'missing'}")
     if not _is_int(p["size"]) or p["size"] < 1:
         say(f"preprocessing.size is {p['size']!r}, not a positive int")
-    if p["size"] % m.grid[0] or p["size"] % m.grid[1]:
+    if p["size"] % m.grid[0]:
         say(f"preprocessing.size {p['size']} is not a whole number of patches of grid {m.grid}")
     for key in ("mean", "std"):
         if not isinstance(p[key], list) or len(p[key]) != 3 or not all(_is_number(x) for x in p[key]):

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nuwa_export import generation
+from nuwa_export import generation, names
 from nuwa_export import manifest as mf
-from nuwa_export import names
 from nuwa_export.errors import NuwaError
 from nuwa_export.generation import Clock, GenerationResult, Request, Transfers
 from nuwa_export.models.families import Family

@@ -1,7 +1,7 @@
 """One way to open a runner for a model or an export: :func:`open_runner`.
 
-Every verb, the evaluation harness, calibration, ``--layerwise`` and the server open what they
-run through it, and get a :class:`Runner`: an export directory on an engine backend (ONNX Runtime,
+Every verb, the evaluation harness, calibration, export validation and ``--layerwise`` open
+what they run through it, and get a :class:`Runner`: an export directory on an engine backend (ONNX Runtime,
 TensorRT; :class:`~nuwa_export.runtime.pipeline.Pipeline`), the PyTorch reference configured as
 an export was made (``backend="torch"``), or the reference on a checkpoint with the budgets asked
 for (:class:`~nuwa_export.runtime.reference.Reference`).
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from nuwa_export import manifest as mf
 from nuwa_export import names
+from nuwa_export.constants import BACKENDS
 from nuwa_export.errors import NuwaError
 from nuwa_export.generation import GenerationResult, Request, Stages
 from nuwa_export.image import ImageConfig
@@ -25,9 +26,6 @@ from nuwa_export.pruning.spec import StageOneSpec
 from nuwa_export.runtime.backend import Backend
 from nuwa_export.runtime.exports import budgets_of, is_export_dir, read_export
 from nuwa_export.sampling import SamplingConfig
-
-#: ``--backend`` choices: the engine backends of an export, and the PyTorch reference.
-BACKENDS = ("ort", "trt", "torch")
 
 
 class Runner(Protocol):
@@ -93,9 +91,11 @@ def open_runner(
       that open one export more than once; read and checked here otherwise. ``llm_graphs``
       picks the ort backend's LLM graphs.
     * a checkpoint (alias, demo, directory, hub id; or its :class:`CheckpointInfo`, already
-      inspected), or a :class:`LoadedModel`: the PyTorch reference with ``budgets`` (a request the
-      family resolves, or budgets and stage-one settings already resolved; None: the family's
-      defaults) at ``image_size``, in ``dtype`` on ``device``.
+      inspected): the PyTorch reference with ``budgets`` (a request the family resolves, or
+      budgets and stage-one settings already resolved; None: the family's defaults) at
+      ``image_size``, loaded in ``dtype`` on ``device``;
+    * a :class:`LoadedModel`: the same on the model as it was loaded (its device, dtype and image
+      size; ``device``, ``dtype`` and ``image_size`` must be left at their defaults).
     """
     if isinstance(model_or_export, (CheckpointInfo, LoadedModel)) or not is_export_dir(model_or_export):
         if backend not in (None, "torch"):
@@ -123,6 +123,8 @@ def _reference(model: str | Path | CheckpointInfo | LoadedModel, budgets, device
     from nuwa_export.runtime.reference import Reference
 
     if isinstance(model, LoadedModel):
+        if (device, dtype, image_size) != ("auto", "auto", None):
+            raise ValueError("a LoadedModel runs as it was loaded: load it on another device or in another dtype instead")
         return Reference(model, *(budgets if isinstance(budgets, tuple) else model.resolve(budgets)))
     info = model if isinstance(model, CheckpointInfo) else inspect_checkpoint(str(model), image_size)
     resolved = budgets if isinstance(budgets, tuple) else info.resolve(budgets)  # refused before any weight is read

@@ -19,7 +19,11 @@ from nuwa_export.manifest import Manifest
 from nuwa_export.precision import TENSORRT
 from nuwa_export.runtime import sidecar as sc
 from nuwa_export.runtime.backend import Backend
-from nuwa_export.runtime.tensorrt import import_tensorrt, load_plugin_library, plugin_library
+from nuwa_export.runtime.tensorrt import (
+    import_tensorrt,
+    load_plugin_library,
+    plugin_library,
+)
 
 
 def vision_graph(engines: Path) -> str:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 from nuwa_export.tools.common import VERSION, Parser, guard, user_path

@@ -5,12 +5,11 @@ conventions, with retention against the unpruned model (:func:`nuwa_export.eval.
 from __future__ import annotations
 
 import argparse
-
 import json
 import sys
 
+from nuwa_export.runtime import BACKENDS
 from nuwa_export.tools.common import VERSION, Parser, finite_float, guard, user_path
-from nuwa_export.tools.run import BACKENDS
 
 
 def parser() -> argparse.ArgumentParser:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 
 from nuwa_export.constants import DEFAULT_MAX_BATCH
-from nuwa_export.tools.common import VERSION, Parser, add_budget_flags, check_budget_flags, guard, user_path
+from nuwa_export.tools.common import (
+    VERSION,
+    Parser,
+    add_budget_flags,
+    check_budget_flags,
+    guard,
+    user_path,
+)
 
 
 def parser() -> argparse.ArgumentParser:

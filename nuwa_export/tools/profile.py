@@ -5,13 +5,12 @@ as a table, JSON and a chart; ``--trtexec``: the trtexec per-layer profiling com
 from __future__ import annotations
 
 import argparse
-
 import sys
 from pathlib import Path
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.runtime import BACKENDS
 from nuwa_export.tools.common import VERSION, Parser, guard, user_path
-from nuwa_export.tools.run import BACKENDS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +67,13 @@ def _main(argv: list[str] | None) -> int:
 
 def _trtexec(directory: Path, execute: bool) -> int:
     """Print the commands; with ``execute`` run them and list each profile's slowest layers."""
-    from nuwa_export.profile.trtexec import commands, find_trtexec, render, run, slowest_layers
+    from nuwa_export.profile.trtexec import (
+        commands,
+        find_trtexec,
+        render,
+        run,
+        slowest_layers,
+    )
 
     directory = Path(directory).expanduser().resolve()
     cmds = commands(directory)

@@ -9,12 +9,19 @@ import sys
 from pathlib import Path
 
 from nuwa_export.errors import NuwaError
+from nuwa_export.runtime import BACKENDS
 from nuwa_export.tools.common import (
-    VERSION, Parser, add_budget_flags, budget_request, check_budget_flags, finite_float, guard, refuse_budgets_for_export, seed_int, user_path,
+    VERSION,
+    Parser,
+    add_budget_flags,
+    budget_request,
+    check_budget_flags,
+    finite_float,
+    guard,
+    refuse_budgets_for_export,
+    seed_int,
+    user_path,
 )
-
-#: ``--backend``: the engine backends of an export, and the PyTorch reference.
-BACKENDS = ("ort", "trt", "torch")
 
 
 def parser() -> argparse.ArgumentParser:

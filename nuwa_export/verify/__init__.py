@@ -32,6 +32,14 @@ def available_backends(directory: Path) -> list[tuple[str, str]]:
     return out
 
 
+def held_to(manifest):
+    """The check an export's backends are held to: ``check(pipeline, record) -> [Check]``, the
+    float policies (:func:`.checks.check`) or a quantized export's (:func:`.quantized.check`)."""
+    from nuwa_export.verify import checks, quantized
+
+    return quantized.check if manifest.precision.quantized else checks.check
+
+
 def verify(directory: str | Path, image, prompt: str, max_new_tokens: int = 20, manifest=None) -> dict:
     """Every backend this machine has for the export at ``directory`` against the PyTorch
     reference on ``image`` / ``prompt`` (``manifest``: already read and checked). Returns
@@ -39,8 +47,7 @@ def verify(directory: str | Path, image, prompt: str, max_new_tokens: int = 20, 
     checked on the graphs it runs and on the standard graphs TensorRT builds."""
     from nuwa_export.runtime.exports import read_export
     from nuwa_export.runtime.runner import open_runner
-    from nuwa_export.verify import quantized
-    from nuwa_export.verify.checks import check, record
+    from nuwa_export.verify.checks import record
 
     directory = Path(directory)
     manifest = manifest or read_export(directory)
@@ -48,7 +55,7 @@ def verify(directory: str | Path, image, prompt: str, max_new_tokens: int = 20, 
     if not backends:
         raise NuwaError("no backend to verify: pip install onnxruntime (or onnxruntime-gpu)")
     dtype = manifest.precision.float_type
-    held_to = quantized.check if manifest.precision.quantized else check
+    check = held_to(manifest)
     with open_runner(directory, backend="torch", device="cpu", dtype=dtype, manifest=manifest) as reference:
         rec = record(reference, image, prompt, max_new_tokens)
     del reference  # the graphs and the PyTorch model need not fit in memory together
@@ -58,7 +65,7 @@ def verify(directory: str | Path, image, prompt: str, max_new_tokens: int = 20, 
         pairs = [("auto", "")] + ([("standard", "-standard")] if backend == "ort" and manifest.ort_graphs else [])
         for graphs, suffix in pairs:
             with open_runner(directory, backend=backend, device=device, llm_graphs=graphs, manifest=manifest) as pipeline:
-                report[f"{backend}-{device}{suffix}"] = [c.as_dict() for c in held_to(pipeline, rec)]
+                report[f"{backend}-{device}{suffix}"] = [c.as_dict() for c in check(pipeline, rec)]
     ok = all(c["ok"] for checks in report.values() for c in checks)
     quantized = manifest.precision.name if manifest.precision.quantized else None
     return {"export": str(directory), "ok": ok, "dtype": dtype, "quantized": quantized, "backends": report}

@@ -173,8 +173,10 @@ def _f32(t) -> np.ndarray:
 
 
 def check(pipeline, rec: Record, policy: Policy | None = None) -> list[Check]:
-    """Run ``pipeline`` on the recorded image and prompt and compare stage by stage (module doc;
-    a quantized export is held to its own policy: :func:`nuwa_export.verify.quantized.check`)."""
+    """Run ``pipeline`` on the recorded image and prompt and compare stage by stage under a float
+    policy (module doc). A quantized export has its own (:func:`nuwa_export.verify.held_to`)."""
+    if policy is None and pipeline.manifest.precision.quantized:
+        raise ValueError("a quantized export is checked under its own policy: nuwa_export.verify.held_to(manifest)")
     policy = policy or policy_for(pipeline.manifest.precision.float_type)
     n = len(rec.generated_ids)
     trace: dict = {}

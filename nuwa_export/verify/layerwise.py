@@ -97,7 +97,14 @@ def reference_run(reference, image, prompt: str) -> dict:
     import torch
 
     from nuwa_export.generation import Request
-    from nuwa_export.generation.core import layouts, prompt_embeds, run_prefix, run_suffix, suffix_input, vision
+    from nuwa_export.generation.core import (
+        layouts,
+        prompt_embeds,
+        run_prefix,
+        run_suffix,
+        suffix_input,
+        vision,
+    )
 
     stages = reference.stages()
     requests = [Request(image, prompt)]

@@ -28,7 +28,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from nuwa_export.verify.checks import Check, Record, close_check, same_check, teacher_forced
+from nuwa_export.verify.checks import (
+    Check,
+    Record,
+    close_check,
+    same_check,
+    teacher_forced,
+)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The model-family seam: adapters registered by ``model_type``; code outside ``models/`` asks them."""
+"""The model-family seam: one folder per family, found by listing the package and picked by ``model_type``;
+code outside ``models/`` asks the family."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_families_are_registered_by_their_model_type():
 
 
 def test_no_model_type_comparison_outside_models():
-    """A second family adds an adapter, not branches across the package."""
+    """A second family adds a folder, not branches across the package."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if (PACKAGE / "models") in path.parents:
@@ -46,7 +47,7 @@ def test_no_model_type_comparison_outside_models():
     assert not found, found
 
 
-def test_the_export_records_its_family_and_its_graphs_follow_the_adapter(demo_export):
+def test_the_export_records_its_family_and_its_graphs_follow_its_contract(demo_export):
     m = mf.read(demo_export)
     assert m.family == "llava"
     declared = family_named("llava").contract(Numbers.of_manifest(m))

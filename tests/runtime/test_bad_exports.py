@@ -1,7 +1,7 @@
 """Export directories that pass their sha256 yet are wrong, and bad output paths, for every verb.
 
 Each broken export re-records the sha256 of what it changed, so only the consistency check
-(:mod:`nuwa_export.export.consistency`, run whenever an export is opened) or the one-line
+(:mod:`nuwa_export.runtime.consistency`, run whenever an export is opened) or the one-line
 handling of ONNX Runtime failures stands between it and a traceback. Every verb must answer
 with exit 1 and one line ``<verb>: error: ...`` that names what disagrees, and write nothing.
 """

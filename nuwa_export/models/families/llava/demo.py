@@ -51,7 +51,14 @@ def ensure_built() -> Path:
 
 def build_tokenizer(vocab_size: int):
     """A Llama-style BPE tokenizer (metaspace, BOS added) trained on the shipped corpus."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     corpus = files("nuwa_export.models").joinpath("demo_corpus.txt").read_text().splitlines()

@@ -19,9 +19,9 @@ import torch
 
 from nuwa_export import precision
 from nuwa_export.atomic import atomic_dir
-from nuwa_export.names import EXAMPLE_PICTURE, PREPROCESSOR_CONFIG
 from nuwa_export.models import demo as shared
 from nuwa_export.models.families.llava import demo
+from nuwa_export.names import EXAMPLE_PICTURE, PREPROCESSOR_CONFIG
 from nuwa_export.precision import FLOATS
 
 #: LLaVA-1.5-7B's shapes: CLIP ViT-L/14-336 and Vicuna/Llama-7B; ``vocab_size`` is the demo

@@ -36,7 +36,10 @@ class Qwen2_5_VL(Family):
 
     def image_size(self, config, requested: int | None) -> int:
         """``--image-size`` (a multiple of 28; default 448): the tower takes any size, the graph one."""
-        from nuwa_export.models.families.qwen2_5_vl.parts import DEFAULT_IMAGE_SIZE, check_image_size
+        from nuwa_export.models.families.qwen2_5_vl.parts import (
+            DEFAULT_IMAGE_SIZE,
+            check_image_size,
+        )
 
         size = DEFAULT_IMAGE_SIZE if requested is None else requested
         check_image_size(config, size)

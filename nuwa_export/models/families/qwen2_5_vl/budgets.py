@@ -6,7 +6,13 @@ import math
 from dataclasses import replace
 
 from nuwa_export.errors import NuwaError
-from nuwa_export.pruning import BudgetRequest, Budgets, diagonal_reach, keep_fraction, real_candidates
+from nuwa_export.pruning import (
+    BudgetRequest,
+    Budgets,
+    diagonal_reach,
+    keep_fraction,
+    real_candidates,
+)
 from nuwa_export.pruning.spec import StageOneSpec, check_per_region, check_reach
 
 #: Pillars are anchors at or above this quantile of the anchor scores.
