@@ -2,7 +2,8 @@
 
 The engine pipeline (ONNX Runtime / TensorRT) and the PyTorch reference each implement the small
 :class:`Stages` interface; prompt layout, left-padded batches, stage-two row selection
-(``pruning.stage_two_rows``), the two KV groups, the decode loop and sampling live here, once.
+(``pruning.stage_two_rows``), the two KV groups, the decode session that admits requests while
+others decode (:class:`Session`), the decode loop and sampling live here, once.
 """
 
 from nuwa_export.generation.core import (
@@ -10,9 +11,6 @@ from nuwa_export.generation.core import (
     Live,
     Prefill,
     Request,
-    generate,
-    generate_batch,
-    generate_batches,
     prefill,
     prompt_embeds,
     replay,
@@ -24,6 +22,7 @@ from nuwa_export.generation.core import (
 from nuwa_export.generation.layout import Batch, Layout, layout_for
 from nuwa_export.generation.loop import decode_loop
 from nuwa_export.generation.result import Clock, GenerationResult, Transfers
+from nuwa_export.generation.session import Row, Session, generate, generate_batch, generate_batches
 from nuwa_export.generation.stages import Stages
 
 __all__ = [
@@ -35,6 +34,8 @@ __all__ = [
     "Live",
     "Prefill",
     "Request",
+    "Row",
+    "Session",
     "Stages",
     "Transfers",
     "decode_loop",

@@ -20,13 +20,11 @@ import torch
 
 from nuwa_export.generation.layout import (
     Batch,
-    Layout,
     layout_for,
     step_positions,
     take_positions,
 )
-from nuwa_export.generation.loop import decode_loop
-from nuwa_export.generation.result import Clock, GenerationResult, Transfers
+from nuwa_export.generation.result import Clock
 from nuwa_export.image import load_image, preprocess
 from nuwa_export.pruning import stage_two
 from nuwa_export.sampling import SamplingConfig
@@ -140,8 +138,9 @@ class Live:
         return Live(self.batch.take(keep), self.kv.take(stages, rows), self.vision_start[rows], self.pad[rows])
 
 
-def step(stages, live: Live, tokens: Sequence[int], i: int):
-    """Feed back generated token ``i`` of every live row through both KV groups → ``[B, V]``."""
+def step(stages, live: Live, tokens: Sequence[int], i: int | Sequence[int]):
+    """Feed back each live row's generated token (its ``i``-th, 0-based: one number for every
+    row, or one per row) through both KV groups → ``[B, V]``."""
     with torch.inference_mode():
         ids, pos = stages.to_device([[[t] for t in tokens], [[p] for p in live.batch.decode_positions(i)]])
         pos = step_positions(live.batch, pos)
@@ -175,104 +174,3 @@ def vision(stages, requests: Sequence[Request], clock: Clock) -> tuple[torch.Ten
         tokens.append(t)
         indices.append(i)
     return torch.cat(tokens), torch.cat(indices)
-
-
-def generate_batch(stages, requests: Sequence[Request], trace: dict | None = None) -> list[GenerationResult]:
-    """Answer every request side by side; results in request order.
-
-    ``trace`` collects intermediates in the stages' own types: ``vision_tokens``,
-    ``patch_indices``, ``split_hidden``, ``stage_two_scores``, ``stage_two``, ``first_logits`` and
-    ``logits`` (the ``[B, V]`` logits before each decode step's tokens).
-    """
-    requests = list(requests)
-    batch = layouts(stages, requests)
-    clock = stages.clock()
-    before = stages.transfers.snapshot()
-    tokens, indices = vision(stages, requests, clock)
-    pre = prefill(stages, batch, tokens, indices, clock, max(r.sampling.max_new_tokens for r in requests) - 1)
-    first = stages.to_host(pre.logits)
-    clock.first_token()
-    s1 = stages.to_host(indices).tolist()
-    s2 = None if pre.stage_two is None else stages.to_host(pre.stage_two).tolist()
-    prefill_transfers = stages.transfers.since(before)
-    seen = [pre.logits]
-    if trace is not None:
-        trace.update(
-            vision_tokens=tokens, patch_indices=indices, split_hidden=pre.split_hidden,
-            stage_two_scores=pre.stage_two_scores, stage_two=pre.stage_two, first_logits=pre.logits, logits=seen,
-        )
-    live = Live(batch, pre.kv, pre.vision_start, pre.pad)
-    entry_bytes = _entry_bytes(stages, pre)
-
-    def next_logits(tokens: list[int], i: int, keep: list[int] | None):
-        nonlocal live
-        if keep is not None:
-            live = live.take(stages, keep)
-        out = step(stages, live, tokens, i)
-        if trace is not None:
-            seen.append(out)
-        return out
-
-    decode_start = stages.transfers.snapshot()
-    generated = decode_loop(
-        first, next_logits, [r.sampling for r in requests], stages.eos_token_ids, [r.on_token for r in requests], stages.to_host,
-    )
-    steps = max(len(g) for g in generated) - 1
-    decode_transfers = stages.transfers.since(decode_start)
-    clock.finish(max(len(g) for g in generated))
-    return [
-        GenerationResult(
-            prompt=row.prompt,
-            generated_ids=ids,
-            text=stages.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-            stage_one_indices=s1[r],
-            stage_two_indices=None if s2 is None else [s1[r][i] for i in s2[r]],
-            budgets=stages.budgets,
-            timings_ms=dict(clock.ms),
-            kv_cache_bytes=_row_kv_bytes(stages, row, entry_bytes, len(ids) - 1),
-            backend=stages.name,
-            batch_size=batch.size,
-            transfers={"prefill": prefill_transfers, "decode_per_step": Transfers.per(decode_transfers, steps), "decode_steps": steps},
-        )
-        for r, (row, ids) in enumerate(zip(batch.rows, generated))
-    ]
-
-
-def _entry_bytes(stages, pre: Prefill) -> tuple[int, int]:
-    """Bytes one cache entry (one row, one position) takes over all layers of each KV group."""
-    b, batch = stages.budgets, pre.batch
-    k2 = b.k2 if b.prune else b.k1
-    return (
-        stages.past_bytes(pre.kv.prefix) // (batch.size * (batch.text + b.k1)),
-        stages.past_bytes(pre.kv.suffix) // (batch.size * (batch.text + k2)),
-    )
-
-
-def _row_kv_bytes(stages, row: Layout, entry_bytes: tuple[int, int], fed: int) -> int:
-    """The bytes one request's own KV entries take at its end (``fed`` generated tokens fed back;
-    the batch's padding not counted): as when it runs alone."""
-    b = stages.budgets
-    text = row.before + row.after
-    return entry_bytes[0] * (text + b.k1 + fed) + entry_bytes[1] * (text + (b.k2 if b.prune else b.k1) + fed)
-
-
-def generate_batches(stages, requests: Sequence[Request], batch_size: int) -> list[GenerationResult]:
-    """Every request, ``batch_size`` at a time in order (every prompt checked before any work)."""
-    requests = list(requests)
-    layouts(stages, requests)
-    out: list[GenerationResult] = []
-    for i in range(0, len(requests), batch_size):
-        out += generate_batch(stages, requests[i : i + batch_size])
-    return out
-
-
-def generate(
-    stages,
-    image,
-    prompt: str,
-    sampling: SamplingConfig | None = None,
-    on_token: Callable[[int], None] | None = None,
-    trace: dict | None = None,
-) -> GenerationResult:
-    """Answer ``prompt`` about ``image`` (path or PIL image): a batch of one."""
-    return generate_batch(stages, [Request(image, prompt, sampling or SamplingConfig(), on_token)], trace)[0]

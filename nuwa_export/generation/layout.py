@@ -7,6 +7,7 @@ image, and every generated token, sits where it would with all patches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +108,10 @@ class Batch:
             out.append(torch.cat([torch.arange(p, device=kept.device), go_on]))
         return torch.stack(out)
 
-    def decode_positions(self, step: int) -> list[int]:
-        return [row.decode_position(step) for row in self.rows]
+    def decode_positions(self, step: int | Sequence[int]) -> list[int]:
+        """Each row's position for its decode step ``step`` (one for every row, or one per row)."""
+        steps = [step] * self.size if isinstance(step, int) else step
+        return [row.decode_position(s) for row, s in zip(self.rows, steps)]
 
     def take(self, keep: list[int]) -> Batch:
         """The rows ``keep`` (in order), with the padding they had (their caches keep it)."""

@@ -21,8 +21,9 @@ class GenerationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     kv_cache_bytes: int = 0
     backend: str = "torch"
-    batch_size: int = 1  # requests generated side by side with this one (timings are the batch's)
+    batch_size: int = 1  # requests prefilled side by side with this one (the prefill timings are theirs)
     transfers: dict = field(default_factory=dict)  # bytes host↔device: prefill, decode_per_step
+    finish_reason: str | None = None  # stop (EOS), length (max_new_tokens) or cancelled
 
     def to_json(self) -> dict:
         return {
@@ -77,7 +78,14 @@ class Clock:
     def first_token(self) -> None:
         self.ms["time_to_first_token"] = sum(self.ms.values())
 
-    def finish(self, generated: int) -> None:
-        self.lap("decode")
-        self.ms["decode_per_token"] = self.ms["decode"] / max(1, generated - 1)
-        self.ms["total"] = self.ms["time_to_first_token"] + self.ms["decode"]
+    def finished(self, generated: int) -> dict[str, float]:
+        """The timings of a row that finished now with ``generated`` tokens: the laps so far, its
+        decode from the last lap (the prefill's end) to now, per token and in total. The clock
+        itself is left as it is, for the rows still decoding."""
+        if self.sync:
+            self.sync()
+        ms = dict(self.ms)
+        ms["decode"] = (time.perf_counter() - self._t) * 1e3
+        ms["decode_per_token"] = ms["decode"] / max(1, generated - 1)
+        ms["total"] = ms["time_to_first_token"] + ms["decode"]
+        return ms

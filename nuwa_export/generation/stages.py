@@ -67,6 +67,13 @@ class Stages(Protocol):
     def take_rows(self, past: Any, rows: torch.Tensor) -> Any:
         """The KV group of batch rows ``rows`` (``[R]`` int64 on ``device``) only."""
 
+    def past_length(self, past: Any) -> int:
+        """Entries per row a KV group holds (left padding included)."""
+
+    def join_past(self, pasts: list, shifts: list[int], room: int) -> Any:
+        """KV groups side by side (batch rows in order), each padded on the left by ``shifts[i]``
+        entries (masked as padding) so that all have one length; ``room``: entries to come."""
+
     def prefix(self, embeds, positions, vision_start, pad, past) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         """Layers ``[0, L)`` → ``hidden [B, T, D]``, present KV, stage-two ``scores [B, K1]`` float32
         (head-mean attention of the last row at layer ``L-1`` over each row's vision tokens from

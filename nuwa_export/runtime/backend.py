@@ -88,6 +88,19 @@ class Backend(ABC):
         return past.take(rows) if isinstance(past, KVBuffers) else [t.index_select(0, rows) for t in past]
 
     @staticmethod
+    def past_length(past) -> int:
+        """Entries per row a KV group holds (padding included)."""
+        return past.length if isinstance(past, KVBuffers) else int(past[0].shape[2])
+
+    @staticmethod
+    def join_past(pasts: list, shifts: list[int], room: int):
+        """KV groups side by side, each padded on the left by its shift (zeros, masked as
+        padding); in-place buffers get room for ``room`` more entries."""
+        if isinstance(pasts[0], KVBuffers):
+            return KVBuffers.join(pasts, shifts, pasts[0].length + shifts[0] + room)
+        return [torch.cat([torch.nn.functional.pad(p[j], (0, 0, s, 0)) for p, s in zip(pasts, shifts)]) for j in range(len(pasts[0]))]
+
+    @staticmethod
     def past_bytes(past) -> int:
         return past.nbytes() if isinstance(past, KVBuffers) else int(sum(t.numel() * t.element_size() for t in past))
 

@@ -55,6 +55,24 @@ class KVBuffers:
         """The ONNX Runtime graphs' ``attention_mask`` for ``seq`` new entries (:func:`padding_mask`)."""
         return padding_mask(pad, self.length + seq)
 
+    @classmethod
+    def join(cls, groups: list[KVBuffers], shifts: list[int], capacity: int) -> KVBuffers:
+        """``groups`` side by side (batch rows in order), each moved ``shifts[i]`` entries to the
+        right so that all end at one length; the entries before a shift are zeros (masked as
+        padding, and finite: a masked entry still meets its zero probability)."""
+        first = groups[0].tensors[0]
+        length = groups[0].length + shifts[0]
+        rows = sum(g.tensors[0].shape[0] for g in groups)
+        shape = (rows, first.shape[1], max(capacity, length, 1), first.shape[3])
+        out = cls([torch.zeros(shape, dtype=first.dtype, device=first.device) for _ in groups[0].tensors], length)
+        at = 0
+        for g, shift in zip(groups, shifts):
+            b = g.tensors[0].shape[0]
+            for new, old in zip(out.tensors, g.tensors):
+                new[at : at + b, :, shift : shift + g.length] = old[:, :, : g.length]
+            at += b
+        return out
+
     def take(self, rows: torch.Tensor) -> KVBuffers:
         return KVBuffers([t.index_select(0, rows) for t in self.tensors], self.length)
 

@@ -75,6 +75,11 @@ class Pipeline:
     def stages(self) -> EngineStages:
         return EngineStages(self)
 
+    def session(self) -> generation.Session:
+        """A continuous-batching session of at most ``max_batch`` rows (requests join while
+        others decode; :class:`nuwa_export.generation.Session`)."""
+        return generation.Session(self.stages(), capacity=self.max_batch)
+
     def generate(
         self,
         image,
@@ -153,6 +158,12 @@ class EngineStages:
 
     def past_bytes(self, past) -> int:
         return self.backend.past_bytes(past)
+
+    def past_length(self, past) -> int:
+        return self.backend.past_length(past)
+
+    def join_past(self, pasts: list, shifts: list[int], room: int):
+        return self.backend.join_past(pasts, shifts, room)
 
     def take_rows(self, past, rows: torch.Tensor):
         return self.backend.take_rows(past, rows)

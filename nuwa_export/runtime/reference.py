@@ -98,6 +98,10 @@ class Reference:
     def stages(self) -> TorchStages:
         return TorchStages(self)
 
+    def session(self) -> generation.Session:
+        """A continuous-batching session (any number of rows; :class:`nuwa_export.generation.Session`)."""
+        return generation.Session(self.stages())
+
     @property
     def tokenizer(self):
         return self.loaded.tokenizer
@@ -184,6 +188,16 @@ class TorchStages:
 
     def past_bytes(self, past: KVCache) -> int:
         return past.nbytes()
+
+    def past_length(self, past: KVCache) -> int:
+        return past.length(min(past.keys))
+
+    def join_past(self, pasts: list[KVCache], shifts: list[int], room: int) -> KVCache:
+        out = KVCache()
+        for d in ("keys", "values"):
+            setattr(out, d, {i: torch.cat([torch.nn.functional.pad(getattr(p, d)[i], (0, 0, s, 0)) for p, s in zip(pasts, shifts)])
+                             for i in getattr(pasts[0], d)})
+        return out
 
     def take_rows(self, past: KVCache, rows: torch.Tensor) -> KVCache:
         out = KVCache()

@@ -17,7 +17,7 @@ from nuwa_export import manifest as mf
 from nuwa_export import names
 from nuwa_export.constants import BACKENDS
 from nuwa_export.errors import NuwaError
-from nuwa_export.generation import GenerationResult, Request, Stages
+from nuwa_export.generation import GenerationResult, Request, Session, Stages
 from nuwa_export.image import ImageConfig
 from nuwa_export.models.families import Family
 from nuwa_export.models.loader import CheckpointInfo, LoadedModel
@@ -40,6 +40,8 @@ class Runner(Protocol):
     max_batch: int | None  # the most requests side by side (an export's max_batch), None: any
 
     def stages(self) -> Stages: ...
+
+    def session(self) -> Session: ...
 
     def generate(self, image, prompt: str, sampling: SamplingConfig | None = None, on_token: Callable[[int], None] | None = None,
                  trace: dict | None = None) -> GenerationResult: ...

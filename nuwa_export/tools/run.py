@@ -232,9 +232,10 @@ def print_batch_summary(results: list, model_id: str, backend: str) -> None:
 
     batches, seconds, tokens = 0, 0.0, sum(len(r.generated_ids) for r in results)
     i = 0
-    while i < len(results):  # results of one batch are consecutive and share their timings
-        seconds += results[i].timings_ms.get("total", 0.0) / 1e3
-        i += results[i].batch_size
+    while i < len(results):  # a batch's results are consecutive; it lasts until its last row is done
+        group = results[i : i + results[i].batch_size]
+        seconds += max(r.timings_ms.get("total", 0.0) for r in group) / 1e3
+        i += len(group)
         batches += 1
     table = Table(title=f"nuwa-run --requests · {model_id} · {backend}", title_justify="left")
     table.add_column("what")
